@@ -1,0 +1,56 @@
+"""What every generation backend (HuggingFace, vLLM) offers the SUT.
+
+A backend turns token-id prompts into raw generated ids (greedy, min 2 / max 1024 new tokens,
+the request's stop ids honoured). Post-processing, journaling and loadgen calls stay in the SUT,
+so every backend is held to the same answers.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+MIN_NEW_TOKENS = 2
+MAX_NEW_TOKENS = 1024
+EOS_ID = 2
+MBXP_STOP_IDS = (13, 13940, 28832, 13)  # "\n```\n"
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One sample to answer. stop_ids: () or MBXP_STOP_IDS; when the generated ids end with
+    them, that request stops (the ids are kept)."""
+
+    qsl_index: int
+    input_ids: Sequence[int]
+    stop_ids: tuple[int, ...] = ()
+    query_id: int = 0  # loadgen's response id; 0 outside loadgen
+
+
+FirstTokenHandler = Callable[[GenerationRequest, int], None]
+DoneHandler = Callable[[GenerationRequest, list[int]], None]
+
+
+class GenerationBackend(Protocol):
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_first_token: FirstTokenHandler | None = None,
+        on_done: DoneHandler | None = None,
+    ) -> list[list[int]]:
+        """Answer every request; return raw generated ids (no prompt; trailing EOS/pad allowed)
+        in request order. Handlers run on the calling thread as soon as a request's first
+        token, or its whole answer, exists."""
+        ...
+
+    def serve(
+        self,
+        requests: queue.Queue[GenerationRequest | None],
+        on_first_token: FirstTokenHandler,
+        on_done: DoneHandler,
+    ) -> None:
+        """Answer requests as they arrive (Server scenario) until a None is taken from the
+        queue and everything in flight is done. Handlers run on the calling thread."""
+        ...
