@@ -1,0 +1,254 @@
+"""vLLM generation backend: the GenerationBackend protocol on vLLM's engine step loop.
+
+The engine gets token ids only (the dataset's tok_input is the reference tokenization; vLLM never
+tokenizes text here), greedy sampling with min 2 / max 1024 new tokens and EOS as a stop token.
+vLLM has no token-sequence stop, so the MBXP stop ids are matched in our own step loop, and the
+request is aborted as soon as its generated ids contain them. Every handler runs on the thread
+that drives the loop, which keeps a sample's FirstTokenComplete and QuerySamplesComplete on one
+thread as loadgen requires.
+
+vLLM is imported lazily: the harness and its HF backend work without it installed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from harness.backend import (
+    EOS_ID,
+    MAX_NEW_TOKENS,
+    MIN_NEW_TOKENS,
+    DoneHandler,
+    FirstTokenHandler,
+    GenerationRequest,
+)
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+logger = logging.getLogger(__name__)
+
+MAX_INPUT_TOKENS = 2048  # longest dataset prompt
+DEFAULT_MAX_MODEL_LEN = MAX_INPUT_TOKENS + MAX_NEW_TOKENS
+
+
+@dataclass
+class _InFlight:
+    request: GenerationRequest
+    ids: list[int] = field(default_factory=list)
+
+
+def find_stop_end(ids: Sequence[int], stop_ids: Sequence[int], start: int = 0) -> int | None:
+    """Length of ids up to and including the first occurrence of stop_ids that ends at or after
+    position `start` (the first new id), or None. Checking from `start` keeps the cost per step
+    proportional to the new ids, and still finds a stop that straddles earlier ids."""
+    n = len(stop_ids)
+    if not n:
+        return None
+    target = list(stop_ids)
+    for end in range(max(start + 1, n), len(ids) + 1):
+        if list(ids[end - n:end]) == target:
+            return end
+    return None
+
+
+class VllmBackend:
+    """One vLLM engine. generate() and serve() drive its step loop on the calling thread; one
+    loop at a time per engine."""
+
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "bfloat16",
+        tensor_parallel_size: int = 1,
+        *,
+        max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+        max_num_seqs: int | None = None,
+        gpu_memory_utilization: float = 0.92,
+        distributed_executor_backend: str | None = None,
+        device_ids: Sequence[int] | None = None,
+        enforce_eager: bool = False,
+        multiprocess: bool = True,
+        engine_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """distributed_executor_backend: None (vLLM picks: processes on one node) or "ray"
+        (tensor parallel across nodes of a running Ray cluster). device_ids: the GPUs of this
+        engine (indices into CUDA_VISIBLE_DEVICES), for data-parallel replicas. multiprocess: run
+        vLLM's engine core in its own process (vLLM's default; it overlaps scheduling with the
+        model and isolates the device); False keeps it in this process. engine_options: any
+        further vllm.EngineArgs fields, passed through unchanged."""
+        from vllm import EngineArgs
+        from vllm.v1.engine.llm_engine import LLMEngine
+        from vllm.v1.executor import Executor
+
+        self.max_model_len = max_model_len
+        args = EngineArgs(
+            model=model_path,
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization,
+            distributed_executor_backend=distributed_executor_backend,
+            device_ids=list(device_ids) if device_ids is not None else None,
+            enforce_eager=enforce_eager,
+            # Prompts arrive as ids and answers leave as ids: no tokenizer is needed, and the
+            # checkpoint's LlamaTokenizer is rebuilt wrongly by transformers 5.x anyway.
+            skip_tokenizer_init=True,
+            # Ignore generation_config.json: sampling must be exactly the reference's greedy.
+            generation_config="vllm",
+            disable_log_stats=True,
+            **dict(engine_options or {}),
+        )
+        config = args.create_engine_config()
+        self._engine: LLMEngine = LLMEngine(
+            vllm_config=config,
+            executor_class=Executor.get_class(config),
+            log_stats=False,
+            multiprocess_mode=multiprocess,
+        )
+        self._params = _greedy_params()
+        self._in_flight: dict[str, _InFlight] = {}
+        self._ids = itertools.count()
+        logger.info("vLLM engine ready: %s, %s, tp=%d, devices=%s", model_path, dtype, tensor_parallel_size,
+                    device_ids if device_ids is not None else "default")
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_first_token: FirstTokenHandler | None = None,
+        on_done: DoneHandler | None = None,
+    ) -> list[list[int]]:
+        """All requests go to the engine at once; it batches them continuously."""
+        for request in requests:
+            self._check_fits(request)
+        order = {self._add(request): position for position, request in enumerate(requests)}
+        answers: list[list[int]] = [[] for _ in requests]
+        while self._in_flight:
+            for request_id, state in self._step(on_first_token):
+                answers[order[request_id]] = state.ids
+                if on_done is not None:
+                    on_done(state.request, state.ids)
+        return answers
+
+    def serve(
+        self,
+        requests: queue.Queue[GenerationRequest | None],
+        on_first_token: FirstTokenHandler,
+        on_done: DoneHandler,
+    ) -> None:
+        """Take arrivals between engine steps until None, then finish what is in flight.
+        Anything put after the None is left in the queue."""
+        closing = False
+        while not closing or self._in_flight:
+            if not closing:
+                closing = self._take_arrivals(requests, wait=not self._in_flight)
+            if self._in_flight:
+                for _, state in self._step(on_first_token):
+                    on_done(state.request, state.ids)
+
+    def close(self) -> None:
+        """Stop the engine's worker processes."""
+        self._engine.engine_core.shutdown()
+
+    def _check_fits(self, request: GenerationRequest) -> None:
+        needed = len(request.input_ids) + MAX_NEW_TOKENS
+        if needed > self.max_model_len:
+            raise ValueError(
+                f"sample {request.qsl_index}: {len(request.input_ids)} input + {MAX_NEW_TOKENS} new tokens exceed "
+                f"max_model_len {self.max_model_len}; raise max_model_len to at least {needed}")
+
+    def _take_arrivals(self, requests: queue.Queue[GenerationRequest | None], wait: bool) -> bool:
+        """Add every request waiting in the queue (block for the first one when idle, so an idle
+        loop costs nothing); True once None was taken."""
+        try:
+            item = requests.get(block=wait)
+            while item is not None:
+                self._check_fits(item)
+                self._add(item)
+                item = requests.get_nowait()
+        except queue.Empty:
+            return False
+        return True
+
+    def _add(self, request: GenerationRequest) -> str:
+        from vllm.inputs import TokensPrompt
+
+        request_id = f"{request.qsl_index}-{next(self._ids)}"
+        self._engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(request.input_ids)), self._params)
+        self._in_flight[request_id] = _InFlight(request)
+        return request_id
+
+    def _step(self, on_first_token: FirstTokenHandler | None) -> list[tuple[str, _InFlight]]:
+        """One engine step: stream first tokens, apply the stop ids, return the finished requests."""
+        finished = []
+        for output in self._engine.step():
+            state = self._in_flight.get(output.request_id)
+            if state is None:  # a request we already stopped and aborted
+                continue
+            new_ids = output.outputs[0].token_ids
+            if not new_ids and not output.finished:
+                continue
+            if not state.ids and new_ids and on_first_token is not None:
+                on_first_token(state.request, new_ids[0])
+            seen = len(state.ids)
+            state.ids.extend(new_ids)
+            stop_end = find_stop_end(state.ids, state.request.stop_ids, start=seen)
+            if stop_end is not None:
+                # The reference keeps the stop ids and generates nothing useful after them.
+                del state.ids[stop_end:]
+                if not output.finished:
+                    self._engine.abort_request([output.request_id])
+            if output.finished or stop_end is not None:
+                del self._in_flight[output.request_id]
+                finished.append((output.request_id, state))
+        return finished
+
+
+def _greedy_params() -> SamplingParams:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(
+        temperature=0.0,
+        min_tokens=MIN_NEW_TOKENS,
+        max_tokens=MAX_NEW_TOKENS,
+        # Without a tokenizer vLLM knows no EOS id; min_tokens also holds back stop_token_ids.
+        stop_token_ids=[EOS_ID],
+        ignore_eos=False,
+        detokenize=False,
+        # Only the new ids of each step: the loop keeps the answer itself (no O(n^2) copies).
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+def build_vllm_backends(
+    model_path: str,
+    dtype: str = "bfloat16",
+    tensor_parallel_size: int = 1,
+    replicas: int = 1,
+    **options: Any,
+) -> list[VllmBackend]:
+    """Data-parallel replicas: `replicas` engines, replica r on GPUs [r*tp, (r+1)*tp) of the visible
+    ones, each engine core in its own process (vLLM binds a process to one device set). The SUT
+    feeds them from one queue, one serving thread per engine. options: VllmBackend keywords."""
+    if replicas < 1:
+        raise ValueError(f"--replicas must be at least 1, got {replicas}")
+    if replicas == 1:
+        return [VllmBackend(model_path, dtype, tensor_parallel_size, **options)]
+    if options.get("distributed_executor_backend") == "ray":
+        raise ValueError("--replicas > 1 places engines on local GPUs; with Ray use one replica "
+                         "(tensor parallel across nodes) or run one harness per node")
+    if options.get("multiprocess") is False:
+        raise ValueError("replicas > 1 need multiprocess=True: each engine core must be its own process")
+    return [
+        VllmBackend(model_path, dtype, tensor_parallel_size,
+                    device_ids=range(r * tensor_parallel_size, (r + 1) * tensor_parallel_size), **options)
+        for r in range(replicas)
+    ]
