@@ -1,0 +1,183 @@
+"""loadgen Systems Under Test for Mixtral: Offline and Server over a generation backend.
+
+The loadgen skeleton: issue_queries hands samples to worker threads; each worker asks its
+backend for answers and completes them through the CompletionSink (which post-processes,
+journals and calls loadgen). Workers live until stop(), called after StartTest returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+
+import mlperf_loadgen as lg
+
+from dataset import MixtralDataset
+from harness.backend import GenerationBackend, GenerationRequest
+from harness.completion import CompletionSink
+from harness.journal import Journal
+
+log = logging.getLogger(__name__)
+
+
+class Watchdog(threading.Thread):
+    """Ends a run whose outstanding samples make no progress for `timeout_s` seconds by
+    completing them as failures (loadgen would otherwise wait forever)."""
+
+    def __init__(self, sink: CompletionSink, timeout_s: float) -> None:
+        super().__init__(name="watchdog", daemon=True)
+        self.sink = sink
+        self.timeout_s = timeout_s
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(min(5.0, self.timeout_s / 4)):
+            if self.sink.outstanding and self.sink.seconds_since_progress() > self.timeout_s:
+                self.sink.fail(f"no sample finished for {self.timeout_s:g} s (watchdog; see --watchdog-timeout)")
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+class _SUTBase:
+    """Shared lifecycle: QSL, sink, journal replay, workers, watchdog."""
+
+    reports_first_token = False
+
+    def __init__(
+        self,
+        dataset: MixtralDataset,
+        backends: Sequence[GenerationBackend],
+        num_workers: int = 1,
+        batch_size: int = 1,
+        journal: Journal | None = None,
+        watchdog_timeout_s: float = 3600.0,
+    ) -> None:
+        self.dataset = dataset
+        self.backends = list(backends)
+        self.num_workers = max(num_workers, len(self.backends))
+        self.batch_size = batch_size
+        self.journal = journal
+        self.sink = CompletionSink(journal, self.reports_first_token, batch_size)
+        self.watchdog = Watchdog(self.sink, watchdog_timeout_s)
+        self.work: queue.Queue = queue.Queue()
+        self.workers = [
+            threading.Thread(target=self._run_worker, args=(self.backends[i % len(self.backends)],),
+                             name=f"sut-worker-{i}", daemon=True)
+            for i in range(self.num_workers)
+        ]
+        self.qsl = lg.ConstructQSL(len(dataset), len(dataset), dataset.load_samples, dataset.unload_samples)
+        self.sut = lg.ConstructSUT(self.issue_queries, self.flush_queries)
+
+    @property
+    def failure(self) -> str | None:
+        return self.sink.failure
+
+    def start(self) -> None:
+        self.watchdog.start()
+        for worker in self.workers:
+            worker.start()
+
+    def issue_queries(self, samples: Sequence[lg.QuerySample]) -> None:
+        # An exception escaping into loadgen kills the process later: fail the samples instead.
+        requests = [self.dataset.request(s.index, s.id) for s in samples]
+        self.sink.add(requests)
+        try:
+            self._dispatch(self._replay_journal(requests))
+        except Exception as exc:
+            self.sink.fail(f"could not issue queries: {exc!r}", requests)
+
+    def flush_queries(self) -> None:
+        """Nothing is held back: every issued sample is already queued."""
+
+    def stop(self, join_timeout_s: float = 60.0) -> bool:
+        """After StartTest returned: end the workers; False if one is still stuck."""
+        for _ in self.workers:
+            self.work.put(None)
+        for worker in self.workers:
+            worker.join(timeout=join_timeout_s)
+        self.watchdog.stop()
+        self.sink.close()
+        return not any(worker.is_alive() for worker in self.workers)
+
+    def destroy(self) -> None:
+        lg.DestroyQSL(self.qsl)
+        lg.DestroySUT(self.sut)
+
+    def _replay_journal(self, requests: list[GenerationRequest]) -> list[GenerationRequest]:
+        """Complete samples a resumed accuracy run already answered; return the rest."""
+        if self.journal is None or not self.journal.done:
+            return requests
+        remaining = []
+        for request in requests:
+            answer = self.journal.done.get(request.qsl_index)
+            if answer is None:
+                remaining.append(request)
+            else:
+                self.sink.finish(request, answer, answer[0] if answer else 2)
+        return remaining
+
+    def _fail_remaining_work(self) -> None:
+        """After a failure: answer whatever is still queued, until stop()."""
+        while (item := self.work.get()) is not None:
+            self.sink.fail(self.sink.failure or "earlier failure", item if isinstance(item, list) else [item])
+
+    def _dispatch(self, requests: list[GenerationRequest]) -> None:
+        raise NotImplementedError
+
+    def _run_worker(self, backend: GenerationBackend) -> None:
+        raise NotImplementedError
+
+
+class OfflineSUT(_SUTBase):
+    """All samples arrive in one call. Static-batch backends get batches of --batch-size built
+    from length-sorted prompts (less padding); continuous-batching backends get their share of
+    all samples at once."""
+
+    def __init__(self, *args, sort_by_length: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sort_by_length = sort_by_length
+
+    def _dispatch(self, requests: list[GenerationRequest]) -> None:
+        if self.sort_by_length:
+            requests = sorted(requests, key=lambda r: len(r.input_ids), reverse=True)
+        if getattr(self.backends[0], "continuous_batching", False):
+            shares = [requests[i::len(self.backends)] for i in range(len(self.backends))]
+            chunks = [share for share in shares if share]
+        else:
+            chunks = [requests[i:i + self.batch_size] for i in range(0, len(requests), self.batch_size)]
+        for chunk in chunks:
+            self.work.put(chunk)
+
+    def _run_worker(self, backend: GenerationBackend) -> None:
+        while (chunk := self.work.get()) is not None:
+            if self.sink.failure is not None:
+                self.sink.fail(self.sink.failure, chunk)
+                continue
+            try:
+                backend.generate(chunk, on_done=self.sink.done)
+            except Exception as exc:
+                log.exception("Generation failed")
+                self.sink.fail(f"generation failed: {type(exc).__name__}: {exc}")
+
+
+class ServerSUT(_SUTBase):
+    """One sample per query. Each worker runs its backend's serve loop, which reports the first
+    token and completes the sample from that same worker thread (loadgen needs both calls on one
+    thread)."""
+
+    reports_first_token = True
+
+    def _dispatch(self, requests: list[GenerationRequest]) -> None:
+        for request in requests:
+            self.work.put(request)
+
+    def _run_worker(self, backend: GenerationBackend) -> None:
+        try:
+            backend.serve(self.work, self.sink.first_token, self.sink.done)
+        except Exception as exc:
+            log.exception("Generation failed")
+            self.sink.fail(f"generation failed: {type(exc).__name__}: {exc}")
+            self._fail_remaining_work()

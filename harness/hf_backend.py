@@ -1,0 +1,167 @@
+"""HuggingFace transformers generation backend: static batches, greedy, as the reference.
+
+Batches are left-padded with EOS (attention mask 0 on pads). The MBXP stop sequence and the
+first-token report are stopping criteria evaluated on the device, so a batch needs one copy to
+the CPU at the end (plus one after the first step when a first token is wanted).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from harness.backend import (
+    EOS_ID,
+    MAX_NEW_TOKENS,
+    MIN_NEW_TOKENS,
+    DoneHandler,
+    FirstTokenHandler,
+    GenerationRequest,
+)
+
+log = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> str:
+    """"auto" means the GPUs when CUDA is available, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def load_model(model_path: str, dtype: str, device: str) -> torch.nn.Module:
+    """Load the checkpoint in `dtype`. "cuda" spreads the layers over every visible GPU
+    (device_map="auto"); "cuda:N" puts the whole model on GPU N; "cpu" keeps it on the CPU."""
+    device_map = "auto" if device == "cuda" else device
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=TORCH_DTYPES[dtype], device_map=device_map)
+    model.eval()
+    return model
+
+
+def left_pad(prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask, both (batch, longest prompt), padded on the left with EOS."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), EOS_ID, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt):] = torch.as_tensor(prompt, dtype=torch.long)
+        attention_mask[row, width - len(prompt):] = 1
+    return input_ids, attention_mask
+
+
+class StopSequenceCriteria(StoppingCriteria):
+    """Finishes a row once its generated ids end with that row's stop ids (rows without stop
+    ids never match); generate then pads the row with EOS, as forcing EOS would."""
+
+    def __init__(self, requests: Sequence[GenerationRequest], prompt_width: int, device: torch.device) -> None:
+        self.prompt_width = prompt_width
+        self.length = max((len(r.stop_ids) for r in requests), default=0)
+        self.stop = torch.full((len(requests), self.length), -1, dtype=torch.long)
+        for row, request in enumerate(requests):
+            if request.stop_ids:
+                self.stop[row, self.length - len(request.stop_ids):] = torch.as_tensor(request.stop_ids)
+        self.stop = self.stop.to(device)
+        self.has_stop = torch.as_tensor([bool(r.stop_ids) for r in requests], device=device)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.length == 0 or input_ids.shape[1] - self.prompt_width < self.length:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        tail = input_ids[:, -self.length:]
+        return self.has_stop & ((tail == self.stop) | (self.stop == -1)).all(dim=1)
+
+
+class FirstTokenCriteria(StoppingCriteria):
+    """Reports each row's first generated id right after the first decoding step; never stops."""
+
+    def __init__(self, requests: Sequence[GenerationRequest], prompt_width: int, handler: FirstTokenHandler) -> None:
+        self.requests = requests
+        self.prompt_width = prompt_width
+        self.handler = handler
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        if input_ids.shape[1] == self.prompt_width + 1:
+            for request, token in zip(self.requests, input_ids[:, -1].tolist(), strict=True):
+                self.handler(request, token)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+class HFBackend:
+    """GenerationBackend over transformers' generate (see harness/backend.py)."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu", batch_size: int = 1) -> None:
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.model = load_model(model_path, dtype, self.device)
+        self.input_device = self.model.get_input_embeddings().weight.device
+        self.generation_config = GenerationConfig(
+            do_sample=False, num_beams=1, min_new_tokens=MIN_NEW_TOKENS, max_new_tokens=MAX_NEW_TOKENS,
+            eos_token_id=EOS_ID, pad_token_id=EOS_ID, bos_token_id=1,
+        )
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_first_token: FirstTokenHandler | None = None,
+        on_done: DoneHandler | None = None,
+    ) -> list[list[int]]:
+        outputs: list[list[int]] = []
+        for start in range(0, len(requests), self.batch_size):
+            batch = requests[start:start + self.batch_size]
+            answers = self._generate_batch(batch, on_first_token)
+            if on_done is not None:
+                for request, answer in zip(batch, answers, strict=True):
+                    on_done(request, answer)
+            outputs.extend(answers)
+        return outputs
+
+    def serve(
+        self,
+        requests: queue.Queue[GenerationRequest | None],
+        on_first_token: FirstTokenHandler,
+        on_done: DoneHandler,
+    ) -> None:
+        """Batch whatever queries are waiting (up to batch_size) into one generate; queries that
+        arrive meanwhile wait for the next batch."""
+        while True:
+            first = requests.get()
+            if first is None:
+                return
+            batch = [first]
+            finished = False
+            while len(batch) < self.batch_size:
+                try:
+                    item = requests.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    finished = True
+                    break
+                batch.append(item)
+            self.generate(batch, on_first_token, on_done)
+            if finished:
+                return
+
+    @torch.inference_mode()
+    def _generate_batch(
+        self, batch: Sequence[GenerationRequest], on_first_token: FirstTokenHandler | None
+    ) -> list[list[int]]:
+        input_ids, attention_mask = left_pad([r.input_ids for r in batch])
+        width = input_ids.shape[1]
+        criteria = StoppingCriteriaList([StopSequenceCriteria(batch, width, self.input_device)])
+        if on_first_token is not None:
+            criteria.append(FirstTokenCriteria(batch, width, on_first_token))
+        sequences = self.model.generate(
+            input_ids=input_ids.to(self.input_device),
+            attention_mask=attention_mask.to(self.input_device),
+            generation_config=self.generation_config,
+            stopping_criteria=criteria,
+        )
+        return sequences[:, width:].cpu().tolist()

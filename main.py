@@ -1,0 +1,239 @@
+"""Run the MLPerf Mixtral-8x7B benchmark: flags, loadgen settings, SUT lifecycle, summary.
+
+With no --model-path / --dataset-path the embedded demo (a tiny trained Mixtral and a sample
+set in the real schema) is used, so the whole benchmark runs on any machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlperf_loadgen as lg
+
+from harness.backend import GenerationBackend
+
+log = logging.getLogger("main")
+
+ROOT = Path(__file__).resolve().parent
+MODEL_KEY = "mixtral-8x7b"
+SCENARIOS = {"Offline": lg.TestScenario.Offline, "Server": lg.TestScenario.Server}
+DEMO_USER_CONF = ROOT / "user-demo.conf"
+EXIT_FAILED_RUN = 1
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """A flag or file the run cannot use; the message is one line naming it."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    scenario: str
+    model_path: Path | None
+    dataset_path: Path | None
+    accuracy: bool
+    dtype: str
+    device: str
+    backend: str
+    audit_conf: Path | None
+    user_conf: Path | None
+    mlperf_conf: Path | None
+    total_sample_count: int
+    batch_size: int
+    num_workers: int
+    output_log_dir: Path
+    enable_log_trace: bool
+    resume: bool
+    watchdog_timeout: float
+    sort_by_length: bool
+    tensor_parallel_size: int
+    replicas: int
+    distributed_executor_backend: str | None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scenario", choices=sorted(SCENARIOS), default="Offline", help="loadgen scenario")
+    p.add_argument("--model-path", type=Path, help="Mixtral checkpoint folder (default: the demo model)")
+    p.add_argument("--dataset-path", type=Path, help="dataset pickle (default: the demo sample set)")
+    p.add_argument("--accuracy", action="store_true", help="accuracy mode: answer every sample once, log all")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="dtype the model is loaded in")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda (layers spread over all visible GPUs), cuda:N, or auto (cuda if available)")
+    p.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                   help="hf: transformers generate, the reference path; vllm: continuous batching")
+    p.add_argument("--audit-conf", type=Path,
+                   help="compliance audit.config to apply (a stray audit.config in the working folder is ignored)")
+    p.add_argument("--user-conf", type=Path,
+                   help="loadgen user.conf (default: user.conf, or user-demo.conf for the demo)")
+    p.add_argument("--mlperf-conf", type=Path,
+                   help="explicit mlperf.conf applied over loadgen's embedded one (official seeds kept)")
+    p.add_argument("--total-sample-count", type=int, default=15000, help="use the first N dataset rows")
+    p.add_argument("--batch-size", type=int, default=1, help="samples per generate call (hf backend)")
+    p.add_argument("--num-workers", type=int, default=1, help="worker threads feeding the backend(s)")
+    p.add_argument("--output-log-dir", type=Path, default=Path("output-logs"),
+                   help="loadgen logs; accuracy runs also journal answers to <dir>/run_outputs/")
+    p.add_argument("--enable-log-trace", action="store_true", help="write loadgen's trace log")
+    p.add_argument("--resume", action="store_true",
+                   help="accuracy runs: reuse answers journaled in <output-log-dir>/run_outputs/")
+    p.add_argument("--watchdog-timeout", type=float, default=3600.0,
+                   help="seconds without any finished sample before the run is failed")
+    p.add_argument("--no-length-sort", dest="sort_by_length", action="store_false",
+                   help="Offline: batch samples in issue order instead of by prompt length")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per engine")
+    p.add_argument("--replicas", type=int, default=1, help="vllm: data-parallel engines, fed from one queue")
+    p.add_argument("--distributed-executor-backend", choices=("mp", "ray"),
+                   help="vllm: ray to span machines of a Ray cluster (see docs/vllm.md)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(**{field: getattr(args, field) for field in RunConfig.__dataclass_fields__})
+
+
+def validate(config: RunConfig) -> None:
+    """Cheap checks before any model or dataset is loaded."""
+    for flag, value in (("--total-sample-count", config.total_sample_count), ("--batch-size", config.batch_size),
+                        ("--num-workers", config.num_workers), ("--tensor-parallel-size", config.tensor_parallel_size),
+                        ("--replicas", config.replicas)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    if config.watchdog_timeout <= 0:
+        raise UsageError(f"--watchdog-timeout must be positive, got {config.watchdog_timeout}")
+    if config.resume and not config.accuracy:
+        raise UsageError("--resume reuses journaled answers, which only an --accuracy run may do")
+    for flag, path in (("--user-conf", config.user_conf), ("--mlperf-conf", config.mlperf_conf),
+                       ("--audit-conf", config.audit_conf), ("--dataset-path", config.dataset_path)):
+        if path is not None and not path.is_file():
+            raise UsageError(f"{path}: file not found ({flag})")
+    if config.model_path is not None and not (config.model_path / "config.json").is_file():
+        raise UsageError(f"{config.model_path}: not a checkpoint folder (no config.json) (--model-path)")
+    if config.device not in ("auto", "cpu", "cuda") and not config.device.startswith("cuda:"):
+        raise UsageError(f"--device {config.device}: use cpu, cuda, cuda:N or auto")
+
+
+def with_demo_assets(config: RunConfig) -> tuple[RunConfig, bool]:
+    """Fill absent model/dataset paths with the demo assets (built on first use)."""
+    if config.model_path is not None and config.dataset_path is not None:
+        return config, False
+    from harness.demo import ensure_demo_assets
+
+    assets = ensure_demo_assets()
+    user_conf = config.user_conf or DEMO_USER_CONF
+    fields = dict(config.__dict__, model_path=config.model_path or assets.model_dir,
+                  dataset_path=config.dataset_path or assets.dataset_path, user_conf=user_conf)
+    return RunConfig(**fields), True
+
+
+def _apply_conf(settings: lg.TestSettings, path: Path, scenario: str, conf_type: int) -> None:
+    code = settings.FromConfig(str(path), MODEL_KEY, scenario, conf_type)
+    if code != 0:
+        reason = {-2: "cannot be read", -22: "has a malformed line"}.get(code, f"was rejected (code {code})")
+        raise UsageError(f"{path}: loadgen config {reason}")
+
+
+def build_settings(config: RunConfig) -> lg.TestSettings:
+    """One TestSettings per process: loadgen's embedded mlperf.conf, then --mlperf-conf if given,
+    then user.conf. loadgen applies its embedded file only on the first conf_type=1 call and
+    reads no rng seeds from conf_type=2 files, hence this order."""
+    settings = lg.TestSettings()
+    settings.scenario = SCENARIOS[config.scenario]
+    settings.mode = lg.TestMode.AccuracyOnly if config.accuracy else lg.TestMode.PerformanceOnly
+    user_conf = config.user_conf or ROOT / "user.conf"
+    if config.mlperf_conf is not None:
+        with tempfile.NamedTemporaryFile("w", suffix=".conf") as empty_conf:
+            _apply_conf(settings, Path(empty_conf.name), config.scenario, 1)
+        _apply_conf(settings, config.mlperf_conf, config.scenario, 2)
+    _apply_conf(settings, user_conf, config.scenario, 1)
+    return settings
+
+
+def build_log_settings(config: RunConfig) -> lg.LogSettings:
+    config.output_log_dir.mkdir(parents=True, exist_ok=True)
+    output = lg.LogOutputSettings()
+    output.outdir = str(config.output_log_dir)
+    output.copy_summary_to_stdout = True
+    settings = lg.LogSettings()
+    settings.log_output = output
+    settings.enable_trace = config.enable_log_trace
+    return settings
+
+
+def build_backends(config: RunConfig) -> list[GenerationBackend]:
+    if config.backend == "vllm":
+        try:
+            from harness.vllm_backend import build_vllm_backends
+        except ImportError as exc:
+            raise UsageError(f"--backend vllm: vLLM is not installed ({exc}); see requirements-vllm.txt") from None
+        return build_vllm_backends(str(config.model_path), config.dtype, config.tensor_parallel_size,
+                                   config.replicas, config.distributed_executor_backend)
+    from harness.hf_backend import HFBackend
+
+    try:
+        return [HFBackend(str(config.model_path), config.dtype, config.device, config.batch_size)]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def run(config: RunConfig) -> int:
+    from dataset import DatasetError, MixtralDataset
+    from harness.journal import Journal, JournalError
+    from harness.loadgen_logs import key_figures, read_detail_log
+    from SUT import OfflineSUT, ServerSUT
+
+    validate(config)
+    config, demo = with_demo_assets(config)
+    if demo:
+        print("DEMO RUN: a tiny Mixtral trained on a sample set; its figures are not a Mixtral-8x7B result.",
+              flush=True)
+    settings = build_settings(config)
+    try:
+        dataset = MixtralDataset(config.dataset_path, config.total_sample_count)
+        journal = Journal(config.output_log_dir / "run_outputs", config.resume) if config.accuracy else None
+    except (DatasetError, JournalError) as exc:
+        raise UsageError(str(exc)) from None
+    backends = build_backends(config)
+    sut_class = OfflineSUT if config.scenario == "Offline" else ServerSUT
+    extra = {"sort_by_length": config.sort_by_length} if config.scenario == "Offline" else {}
+    sut = sut_class(dataset, backends, num_workers=config.num_workers, batch_size=config.batch_size,
+                    journal=journal, watchdog_timeout_s=config.watchdog_timeout, **extra)
+    sut.start()
+    audit = str(config.audit_conf) if config.audit_conf else ""
+    lg.StartTestWithLogSettings(sut.sut, sut.qsl, settings, build_log_settings(config), audit)
+    workers_ended = sut.stop()
+    sut.destroy()
+
+    detail_path = config.output_log_dir / "mlperf_log_detail.txt"
+    print(f"\nLogs: {config.output_log_dir.resolve()}")
+    if detail_path.is_file():
+        for label, value in key_figures(read_detail_log(detail_path)):
+            print(f"  {label:<20} {value}")
+    if demo:
+        print("  (demo figures: a tiny model, not Mixtral-8x7B)")
+    if sut.failure is not None:
+        print(f"error: the run failed: {sut.failure}", file=sys.stderr)
+        return EXIT_FAILED_RUN
+    if not workers_ended:
+        print("error: a worker did not stop after the test ended", file=sys.stderr)
+        return EXIT_FAILED_RUN
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_args(build_parser().parse_args(argv))
+    try:
+        return run(config)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
