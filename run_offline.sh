@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Offline performance run; add --accuracy for an accuracy run. Honours CHECKPOINT_PATH,
+# DATASET_PATH and OUTPUT_LOG_DIR (demo assets when the paths are unset); flags pass through.
+exec "$(dirname "${BASH_SOURCE[0]}")/tools/run_scenario.sh" Offline "$@"
