@@ -1,0 +1,197 @@
+"""evaluate-accuracy.py end to end, in a subprocess, on the demo dataset."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.evaluation.accuracy_log import encode_entry_data
+from harness.evaluation.report import RESULT_KEYS
+from harness.postprocess import postprocess_output
+
+ROOT = Path(__file__).resolve().parents[1]
+EVALUATE = ROOT / "evaluate-accuracy.py"
+
+
+@pytest.fixture(scope="module")
+def frame(demo_assets) -> pd.DataFrame:
+    return pd.read_pickle(demo_assets.dataset_path)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return {**os.environ, "MIXTRAL_HARNESS_NLTK_DATA": str(tmp_path_factory.mktemp("nltk_data"))}
+
+
+def oracle_outputs(frame: pd.DataFrame) -> dict[int, list[int]]:
+    """The reference model's answers (tok_ref_output) post-processed as the harness does."""
+    return {i: postprocess_output(list(row.tok_ref_output),
+                                  list(row.tok_stop_sequence) if row.dataset == "MBXP" else ())
+            for i, row in frame.iterrows()}
+
+
+def write_log(path: Path, outputs: dict[int, list[int]], dtype: str = "int32", repeat: int = 0) -> Path:
+    entries = [{"seq_id": n, "qsl_idx": i, "data": encode_entry_data(ids, dtype), "token_count": len(ids)}
+               for n, (i, ids) in enumerate(outputs.items())]
+    entries += entries[:repeat]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entries), encoding="utf-8")
+    return path
+
+
+Run = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture(scope="module")
+def evaluate(demo_assets, env: dict[str, str]) -> Run:
+    def run(log: Path, *flags: str, run_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(EVALUATE), "--mlperf-accuracy-file", str(log),
+                   "--dataset-file", str(demo_assets.dataset_path), "--no-progress", *flags]
+        return subprocess.run(command, cwd=ROOT, env=run_env or env, capture_output=True, text=True, timeout=600)
+    return run
+
+
+def results_of(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    return ast.literal_eval(lines[lines.index("Results") + 2])
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("evaluate-accuracy.py: error: ")
+    assert "Results" not in proc.stdout
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def oracle_run(frame: pd.DataFrame, evaluate: Run, tmp_path_factory: pytest.TempPathFactory):
+    log = write_log(tmp_path_factory.mktemp("oracle") / "mlperf_log_accuracy.json", oracle_outputs(frame), repeat=2)
+    return log, evaluate(log)
+
+
+def test_oracle_log_gives_the_reference_figures(oracle_run, frame: pd.DataFrame) -> None:
+    log, proc = oracle_run
+    results = results_of(proc)
+    assert list(results) == list(RESULT_KEYS)
+    assert {k: results[k] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum", "gsm8k")} == {
+        "rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0, "rougeLsum": 100.0, "gsm8k": 100.0}
+    outputs = oracle_outputs(frame)
+    assert results["gen_num"] == len(frame) + 2  # the two repeated entries count
+    assert results["gen_tok_len"] == sum(len(ids) for ids in outputs.values())
+    assert results["tokens_per_sample"] == round(results["gen_tok_len"] / (len(frame) + 2), 1)
+    assert 0 <= results["mbxp"] <= 100
+
+
+def test_outputs_files_match_the_printed_line(oracle_run) -> None:
+    log, proc = oracle_run
+    results = results_of(proc)
+    sha = hashlib.sha256(log.read_bytes()).hexdigest()
+    assert (log.parent / "accuracy.txt").read_text(encoding="utf-8") == f"{results!r}\nhash={sha}\n"
+    summary = json.loads((log.parent / "results.json").read_text(encoding="utf-8"))
+    assert summary["results"] == results
+    assert summary["accuracy_log_sha256"] == sha
+    assert summary["duplicate_entries"] == 2
+    assert [c["metric"] for c in summary["checks"]] == ["rouge1", "rouge2", "rougeL", "gsm8k", "mbxp",
+                                                        "tokens_per_sample"]
+    assert set(summary["mbxp_languages"]) == {"cpp", "javascript", "php", "python", "ruby", "typescript"}
+    assert set(summary["seconds"]) == {"load", "decode", "openorca", "gsm8k", "mbxp"}
+    assert "PASS" in proc.stdout and "language" in proc.stdout
+
+
+def test_int64_log_gives_the_same_figures(oracle_run, frame: pd.DataFrame, evaluate: Run, tmp_path: Path) -> None:
+    log = write_log(tmp_path / "mlperf_log_accuracy.json", oracle_outputs(frame), "int64", repeat=2)
+    assert results_of(evaluate(log, "--dtype", "int64")) == results_of(oracle_run[1])
+
+
+def test_output_dir_flag(frame: pd.DataFrame, evaluate: Run, tmp_path: Path) -> None:
+    gsm8k = {i: ids for i, ids in oracle_outputs(frame).items() if frame.at[i, "dataset"] == "GSM8K"}
+    log = write_log(tmp_path / "log" / "mlperf_log_accuracy.json", gsm8k)
+    proc = evaluate(log, "--output-dir", str(tmp_path / "out"))
+    results_of(proc)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["accuracy.txt", "results.json"]
+
+
+def test_a_log_with_one_part_reports_the_others_absent(frame: pd.DataFrame, evaluate: Run, tmp_path: Path) -> None:
+    outputs = oracle_outputs(frame)
+    gsm8k = {i: outputs[i] for i in outputs if frame.at[i, "dataset"] == "GSM8K"}
+    gsm8k[next(iter(gsm8k))] = [330]  # one wrong answer ("A")
+    proc = evaluate(write_log(tmp_path / "mlperf_log_accuracy.json", gsm8k))
+    results = results_of(proc)
+    assert list(results) == ["gsm8k", "gen_len", "gen_num", "gen_tok_len", "tokens_per_sample"]
+    assert results["gsm8k"] == 100.0 * (len(gsm8k) - 1) / len(gsm8k)
+    assert results["gen_len"] == 0
+    table = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.strip()}
+    assert table["rouge1"][1] == "absent" and table["mbxp"][1] == "absent"
+    summary = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert "rouge1" not in summary["results"] and summary["mbxp_languages"] == {}
+
+
+def test_skipped_languages_are_reported(frame: pd.DataFrame, evaluate: Run, tmp_path: Path) -> None:
+    mbxp = {i: ids for i, ids in oracle_outputs(frame).items() if str(frame.at[i, "id"]).startswith(("cpp_", "php_"))}
+    proc = evaluate(write_log(tmp_path / "mlperf_log_accuracy.json", mbxp), "--skip-languages", "php")
+    results = results_of(proc)
+    summary = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert summary["mbxp_languages"]["php"] == {"rows": 2, "status": "skipped (--skip-languages)"}
+    assert summary["mbxp_languages"]["cpp"]["scored"] == 2
+    assert results["mbxp"] == summary["mbxp_languages"]["cpp"]["mbxp"]
+
+
+def test_missing_toolchain_stops_before_scoring(oracle_run, evaluate: Run, env: dict[str, str],
+                                                tmp_path: Path) -> None:
+    # A PATH with every tool except php.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("g++", "node", "ruby"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    proc = evaluate(oracle_run[0], "--output-dir", str(tmp_path / "out"),
+                    run_env={**env, "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}"})
+    message = one_line_error(proc)
+    assert "php" in message and "--skip-languages" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_log(evaluate: Run, tmp_path: Path) -> None:
+    log = tmp_path / "mlperf_log_accuracy.json"
+    log.write_text('[{"seq_id": 0, "qsl_idx": 0, "data": "0100', encoding="utf-8")
+    assert "malformed JSON" in one_line_error(evaluate(log))
+
+
+def test_qsl_idx_outside_the_dataset(frame: pd.DataFrame, evaluate: Run, tmp_path: Path) -> None:
+    log = write_log(tmp_path / "mlperf_log_accuracy.json", {len(frame): [330, 2]})
+    assert f"qsl_idx {len(frame)} is outside the dataset of {len(frame)} rows" in one_line_error(evaluate(log))
+
+
+def test_int64_log_read_as_int32(frame: pd.DataFrame, evaluate: Run, tmp_path: Path) -> None:
+    log = write_log(tmp_path / "mlperf_log_accuracy.json", oracle_outputs(frame), "int64")
+    assert one_line_error(evaluate(log)).endswith("use --dtype int64")
+
+
+def test_bad_flags(oracle_run, evaluate: Run, tmp_path: Path) -> None:
+    assert "--skip-languages: kotlin" in one_line_error(evaluate(oracle_run[0], "--skip-languages", "kotlin"))
+    assert "no tokenizer.model" in one_line_error(evaluate(oracle_run[0], "--checkpoint-path", str(tmp_path)))
+    assert "file not found" in one_line_error(evaluate(tmp_path / "absent.json"))
+
+
+def test_real_demo_accuracy_run(evaluate: Run, env: dict[str, str], tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "main.py", "--scenario", "Offline", "--accuracy",
+                          "--output-log-dir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = results_of(evaluate(tmp_path / "mlperf_log_accuracy.json"))
+    assert list(results) == list(RESULT_KEYS)
+    assert results["gen_num"] >= 36
