@@ -1,0 +1,1 @@
+"""Accuracy scoring of the harness's answers (ROUGE, GSM8K, MBXP)."""

@@ -1,0 +1,113 @@
+"""Confine this process, then exec the command that checks one answer.
+
+Run as a script (standard library only, so it starts fast and needs nothing from the harness):
+    python -I -B confine.py SPEC_JSON COMMAND [ARG...]
+SPEC_JSON: {"cpu_s", "memory_bytes", "file_bytes", "tasks", "user": [uid, gid] or null, "writable_dir"}.
+
+In order: resource limits; no_new_privs; Landlock (when the kernel offers it) so that only `writable_dir` (and
+/dev/null) can be written, TCP connect/bind is refused and signals cannot leave the sandbox; then, when
+started as root, the switch to the unprivileged `user`. Exec keeps all of it for the command and its
+children. The limits are set here, in a fresh single-threaded process, rather than in a preexec_fn of
+the multi-threaded runner.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import sys
+
+# Linux syscall numbers, the same on every architecture for syscalls added after 5.x.
+_SYS_LANDLOCK_CREATE_RULESET = 444
+_SYS_LANDLOCK_ADD_RULE = 445
+_SYS_LANDLOCK_RESTRICT_SELF = 446
+_LANDLOCK_CREATE_RULESET_VERSION = 1
+_LANDLOCK_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+
+# Filesystem rights that change something (reading and executing stay unrestricted).
+_FS_WRITE_FILE = 1 << 1
+_FS_WRITE_RIGHTS_V1 = _FS_WRITE_FILE | sum(1 << bit for bit in range(4, 13))  # remove_*, make_*
+_FS_REFER = 1 << 13  # ABI 2
+_FS_TRUNCATE = 1 << 14  # ABI 3
+_NET_TCP = (1 << 0) | (1 << 1)  # ABI 4: bind, connect
+_SCOPES = (1 << 0) | (1 << 1)  # ABI 6: abstract unix sockets, signals
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1  # the kernel struct is packed: 12 bytes
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def _check(result: int) -> int:
+    if result < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+    return result
+
+
+def _syscall(*args: object) -> int:
+    """libc's syscall(); ints widened to long, pointers (ctypes.byref) passed as they are."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return _check(libc.syscall(*[ctypes.c_long(a) if isinstance(a, int) else a for a in args]))
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version, 0 when unavailable (old kernel, disabled, or seccomp-blocked)."""
+    try:
+        return _syscall(_SYS_LANDLOCK_CREATE_RULESET, 0, 0, _LANDLOCK_CREATE_RULESET_VERSION)
+    except OSError:
+        return 0
+
+
+def _restrict_writes(writable_dir: str, abi: int) -> None:
+    fs_rights = _FS_WRITE_RIGHTS_V1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
+    attr = _RulesetAttr(fs_rights, _NET_TCP if abi >= 4 else 0, _SCOPES if abi >= 6 else 0)
+    # The struct grew with the ABI; an older kernel rejects the fields it does not know.
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    ruleset_fd = _syscall(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0)
+    for path, rights in ((writable_dir, fs_rights), ("/dev/null", fs_rights & (_FS_WRITE_FILE | _FS_TRUNCATE))):
+        path_fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        rule = _PathBeneathAttr(rights, path_fd)
+        _syscall(_SYS_LANDLOCK_ADD_RULE, ruleset_fd, _LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0)
+        os.close(path_fd)
+    _syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset_fd, 0)
+    os.close(ruleset_fd)
+
+
+def _set_limits(spec: dict) -> None:
+    # Soft CPU limit sends SIGXCPU, the hard one a second later SIGKILL.
+    resource.setrlimit(resource.RLIMIT_CPU, (spec["cpu_s"], spec["cpu_s"] + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (spec["memory_bytes"], spec["memory_bytes"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (spec["file_bytes"], spec["file_bytes"]))
+    resource.setrlimit(resource.RLIMIT_NPROC, (spec["tasks"], spec["tasks"]))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def main(argv: list[str]) -> None:
+    spec = json.loads(argv[1])
+    command = argv[2:]
+    _set_limits(spec)
+    # no_new_privs: setuid binaries (su, sudo) cannot undo the user switch below; Landlock also requires it.
+    _check(ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+    abi = landlock_abi()
+    if abi:
+        _restrict_writes(spec["writable_dir"], abi)
+    if spec["user"] is not None:
+        uid, gid = spec["user"]
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
