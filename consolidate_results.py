@@ -1,0 +1,66 @@
+"""Merge an accuracy run's journal (run_outputs/*.pkl) into the dataset: generated ids, text,
+length and per-row ROUGE, saved as one pickle for inspection."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from dataset import DatasetError, load_dataset_frame
+from harness.evaluation.consolidation import ConsolidationError, collect_outputs, consolidate, read_run_outputs
+from harness.evaluation.sentences import install_punkt_tab
+from harness.tokenizer import bundled_tokenizer_model, load_sentencepiece
+
+log = logging.getLogger("consolidate_results")
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset-path", type=Path, help="dataset pickle (default: the demo dataset)")
+    parser.add_argument("--run-outputs", type=Path, default=Path("run_outputs"),
+                        help="folder of the run's q*.pkl journal files")
+    parser.add_argument("--output-pkl-path", type=Path, default=Path("full_output.pkl"),
+                        help="where the merged dataset goes")
+    parser.add_argument("--checkpoint-path", type=Path,
+                        help="Mixtral checkpoint folder whose tokenizer.model decodes the outputs "
+                             "(default: the bundled Mixtral tokenizer)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> Path:
+    tokenizer_model = bundled_tokenizer_model()
+    if args.checkpoint_path is not None:
+        tokenizer_model = args.checkpoint_path / "tokenizer.model"
+        if not tokenizer_model.is_file():
+            raise ConsolidationError(f"--checkpoint-path {args.checkpoint_path}: no tokenizer.model in that folder")
+    dataset_path = args.dataset_path
+    if dataset_path is None:
+        from harness.demo import ensure_demo_assets
+
+        dataset_path = Path(ensure_demo_assets().dataset_path)
+    frame = load_dataset_frame(dataset_path)
+    outputs = collect_outputs(read_run_outputs(args.run_outputs), len(frame))
+    install_punkt_tab()
+    merged = consolidate(frame, outputs, load_sentencepiece(tokenizer_model), progress=not args.no_progress)
+    args.output_pkl_path.parent.mkdir(parents=True, exist_ok=True)
+    merged.to_pickle(args.output_pkl_path)
+    return args.output_pkl_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_cli_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        path = run(args)
+    except (ConsolidationError, DatasetError, OSError) as exc:
+        print(f"consolidate_results.py: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"Consolidated {args.run_outputs} into {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
