@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.evaluation.gsm8k import extract_answer, gsm8k_accuracy, is_correct
+from harness.evaluation.gsm8k import extract_answer, gsm8k_accuracy, is_correct, is_number
 
 DATA = Path(__file__).parent / "data" / "gsm8k" / "train_items.jsonl"
 
@@ -39,10 +39,14 @@ def test_delimiter_without_number_falls_back_to_last_number_of_the_text() -> Non
 
 @pytest.mark.parametrize(("answer", "truth", "expected"), [
     ("1080", "1080", True), ("1080.0", "1080", True), ("-7", "-7", True), ("7", "-7", False),
-    ("2.5", "2.5", True), (None, "3", False), ("3", "1,003", False), ("1003", "1,003", True),
+    ("2.5", "2.5", True), (None, "3", False), ("3", "1,003", False), ("1003", "1,003", False),
 ])
 def test_is_correct(answer: str | None, truth: str, expected: bool) -> None:
     assert is_correct(answer, truth) is expected
+
+
+def test_is_number() -> None:
+    assert is_number("-12") and is_number("2.5") and not is_number("1,080") and not is_number("")
 
 
 def test_accuracy_is_100_times_correct_over_count_unrounded() -> None:

@@ -15,7 +15,7 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from harness.evaluation.accuracy_log import AccuracyLog
-from harness.evaluation.gsm8k import extract_answer, gsm8k_accuracy
+from harness.evaluation.gsm8k import extract_answer, gsm8k_accuracy, is_number
 from harness.evaluation.mbxp import SCORED_LANGUAGES, MbxpTask, MbxpVerdict, parse_mbxp_id, run_mbxp
 from harness.evaluation.metrics import generation_stats
 from harness.evaluation.rouge import rouge_pair, rouge_summary
@@ -66,8 +66,12 @@ def score_openorca(frame: pd.DataFrame, indices: Sequence[int], texts: dict[int,
 
 
 def score_gsm8k(frame: pd.DataFrame, indices: Sequence[int], texts: dict[int, str]) -> float | None:
-    answers = [extract_answer(texts[i]) for i in indices]
-    return gsm8k_accuracy(answers, [str(frame.at[i, "gt_output"]) for i in indices])
+    truths = [str(frame.at[i, "gt_output"]) for i in indices]
+    unparseable = sorted({t for t in truths if not is_number(t)})
+    if unparseable:
+        log.warning("%d GSM8K ground truths are not numbers (scored wrong, as by the reference): %s",
+                    len(unparseable), ", ".join(unparseable[:5]))
+    return gsm8k_accuracy([extract_answer(texts[i]) for i in indices], truths)
 
 
 def score_mbxp(frame: pd.DataFrame, indices: Sequence[int], texts: dict[int, str], skip: Collection[str],

@@ -33,10 +33,16 @@ def _as_float(value: str | None) -> float | None:
         return None
 
 
+def is_number(text: str) -> bool:
+    return _as_float(text) is not None
+
+
 def is_correct(answer: str | None, ground_truth: str) -> bool:
-    """Float equality of the extracted answer and the ground truth; no answer is wrong."""
+    """Float equality of the extracted answer and the ground truth; no answer is wrong. The ground
+    truth is parsed as it stands, commas NOT removed: the reference did not, so a "1,080" ground
+    truth can never be matched (the dataset's gt_output carries no commas)."""
     predicted = _as_float(answer)
-    expected = _as_float(str(ground_truth).replace(",", ""))
+    expected = _as_float(str(ground_truth))
     return predicted is not None and expected is not None and predicted == expected
 
 
