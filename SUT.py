@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 
 import mlperf_loadgen as lg
@@ -92,7 +93,7 @@ class _SUTBase:
     def flush_queries(self) -> None:
         """Nothing is held back: every issued sample is already queued."""
 
-    def stop(self, join_timeout_s: float = 60.0) -> bool:
+    def stop(self, join_timeout_s: float = 10.0) -> bool:
         """After StartTest returned: end the workers; False if one is still stuck."""
         for _ in self.workers:
             self.work.put(None)
@@ -139,11 +140,13 @@ class OfflineSUT(_SUTBase):
     def __init__(self, *args, sort_by_length: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.sort_by_length = sort_by_length
+        self.backend_seconds = 0.0  # inside backend.generate, harness callbacks included
+        self._seconds_lock = threading.Lock()
 
     def _dispatch(self, requests: list[GenerationRequest]) -> None:
         if self.sort_by_length:
             requests = sorted(requests, key=lambda r: len(r.input_ids), reverse=True)
-        if getattr(self.backends[0], "continuous_batching", False):
+        if self.backends[0].continuous_batching:
             shares = [requests[i::len(self.backends)] for i in range(len(self.backends))]
             chunks = [share for share in shares if share]
         else:
@@ -156,11 +159,14 @@ class OfflineSUT(_SUTBase):
             if self.sink.failure is not None:
                 self.sink.fail(self.sink.failure, chunk)
                 continue
+            started = time.perf_counter()
             try:
                 backend.generate(chunk, on_done=self.sink.done)
             except Exception as exc:
                 log.exception("Generation failed")
                 self.sink.fail(f"generation failed: {type(exc).__name__}: {exc}")
+            with self._seconds_lock:
+                self.backend_seconds += time.perf_counter() - started
 
 
 class ServerSUT(_SUTBase):

@@ -172,7 +172,8 @@ def build_backends(config: RunConfig) -> list[GenerationBackend]:
         except ImportError as exc:
             raise UsageError(f"--backend vllm: vLLM is not installed ({exc}); see requirements-vllm.txt") from None
         return build_vllm_backends(str(config.model_path), config.dtype, config.tensor_parallel_size,
-                                   config.replicas, config.distributed_executor_backend)
+                                   config.replicas,
+                                   distributed_executor_backend=config.distributed_executor_backend)
     from harness.hf_backend import HFBackend
 
     try:

@@ -34,6 +34,10 @@ DoneHandler = Callable[[GenerationRequest, list[int]], None]
 
 
 class GenerationBackend(Protocol):
+    # True: the engine schedules requests itself (give it everything at once);
+    # False: static batches, the SUT hands it --batch-size samples at a time.
+    continuous_batching: bool
+
     def generate(
         self,
         requests: Sequence[GenerationRequest],

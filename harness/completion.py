@@ -56,6 +56,8 @@ class CompletionSink:
         self._lock = threading.Lock()
         self.failure: str | None = None
         self.completed = 0
+        self.output_tokens = 0
+        self.harness_seconds = 0.0  # post-processing, journal and loadgen calls, summed over threads
         self.last_progress = time.monotonic()
         self._progress = tqdm(total=0, unit="sample", desc="samples", mininterval=1.0, leave=False)
 
@@ -89,15 +91,19 @@ class CompletionSink:
     def first_token(self, request: GenerationRequest, token_id: int) -> None:
         if not self.reports_first_token:
             return
+        started = time.perf_counter()
         with self._lock:
             if request.query_id not in self._outstanding or request.query_id in self._first_reported:
                 return
             self._first_reported.add(request.query_id)
             self.last_progress = time.monotonic()
         report_first_token(request.query_id, token_id)
+        with self._lock:
+            self.harness_seconds += time.perf_counter() - started
 
     def done(self, request: GenerationRequest, generated: Sequence[int]) -> None:
         """A whole raw answer: post-process, journal, complete."""
+        started = time.perf_counter()
         try:
             answer = postprocess_output(generated, request.stop_ids)
             self._journal(request.qsl_index, answer)
@@ -106,6 +112,9 @@ class CompletionSink:
             return
         first = generated[0] if len(generated) else EOS_ID
         self.finish(request, answer, first)
+        with self._lock:
+            self.output_tokens += len(answer)
+            self.harness_seconds += time.perf_counter() - started
 
     def finish(self, request: GenerationRequest, answer: Sequence[int], first_id: int) -> None:
         """Complete an answer that is already post-processed (and journaled)."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteria, StoppingCriteriaList
@@ -22,6 +24,7 @@ from harness.backend import (
     FirstTokenHandler,
     GenerationRequest,
 )
+from harness.postprocess import strip_trailing
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +96,26 @@ class FirstTokenCriteria(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+@dataclass
+class PaddingStats:
+    """Real tokens against the slots a static batch computes (prompt padding, finished rows)."""
+
+    prompt_tokens: int = 0
+    prompt_slots: int = 0
+    generated_tokens: int = 0
+    generated_slots: int = 0
+
+    def add(self, prompt_lengths: Sequence[int], width: int, answers: Sequence[Sequence[int]]) -> None:
+        self.prompt_tokens += sum(prompt_lengths)
+        self.prompt_slots += width * len(prompt_lengths)
+        self.generated_tokens += sum(len(strip_trailing(a)) for a in answers)
+        self.generated_slots += max((len(a) for a in answers), default=0) * len(answers)
+
+
 class HFBackend:
     """GenerationBackend over transformers' generate (see harness/backend.py)."""
+
+    continuous_batching = False
 
     def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu", batch_size: int = 1) -> None:
         self.device = resolve_device(device)
@@ -105,6 +126,8 @@ class HFBackend:
             do_sample=False, num_beams=1, min_new_tokens=MIN_NEW_TOKENS, max_new_tokens=MAX_NEW_TOKENS,
             eos_token_id=EOS_ID, pad_token_id=EOS_ID, bos_token_id=1,
         )
+        self.padding = PaddingStats()
+        self._padding_lock = threading.Lock()
 
     def generate(
         self,
@@ -164,4 +187,7 @@ class HFBackend:
             generation_config=self.generation_config,
             stopping_criteria=criteria,
         )
-        return sequences[:, width:].cpu().tolist()
+        answers = sequences[:, width:].cpu().tolist()
+        with self._padding_lock:
+            self.padding.add([len(r.input_ids) for r in batch], width, answers)
+        return answers

@@ -1,0 +1,130 @@
+"""Real loadgen runs of main.py on the demo assets (tiny trained Mixtral, sample set)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from harness.backend import MBXP_STOP_IDS
+from harness.postprocess import postprocess_output
+from tests.run_helpers import ROOT, accuracy_entries, answers_by_index, detail, ids_of, run_main
+
+
+def assert_clean_run(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def offline_accuracy(tmp_path_factory, demo_assets):
+    out = tmp_path_factory.mktemp("offline_acc")
+    result = run_main("--scenario", "Offline", "--accuracy", "--batch-size", "4", "--num-workers", "2",
+                      "--output-log-dir", str(out), cwd=out)
+    assert_clean_run(result)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server_accuracy(tmp_path_factory, demo_assets):
+    out = tmp_path_factory.mktemp("server_acc")
+    result = run_main("--scenario", "Server", "--accuracy", "--batch-size", "4", "--output-log-dir", str(out),
+                      cwd=out)
+    assert_clean_run(result)
+    return out
+
+
+@pytest.fixture(scope="module")
+def direct_answers(demo_assets):
+    """Each row generated alone, unpadded, with transformers' own greedy generate."""
+    frame = pd.read_pickle(demo_assets.dataset_path)
+    model = AutoModelForCausalLM.from_pretrained(demo_assets.model_dir, dtype=torch.float32).eval()
+    answers = {}
+    with torch.inference_mode():
+        for index, row in frame.iterrows():
+            prompt = torch.tensor([list(row["tok_input"])])
+            out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                 min_new_tokens=2, max_new_tokens=1024, eos_token_id=2, pad_token_id=2)
+            stop = MBXP_STOP_IDS if row["dataset"] == "MBXP" else ()
+            answers[index] = postprocess_output(out[0, prompt.shape[1]:].tolist(), stop)
+    return answers
+
+
+def test_offline_performance_run_is_valid(tmp_path, demo_assets):
+    result = run_main("--scenario", "Offline", "--batch-size", "8", "--output-log-dir", str(tmp_path), cwd=tmp_path)
+    assert_clean_run(result)
+    figures = detail(tmp_path)
+    assert figures["result_validity"] == "VALID"
+    assert figures["num_errors"] == 0
+    assert figures["result_tokens_per_second"] > 0
+    assert "DEMO RUN" in result.stdout
+
+
+def test_offline_accuracy_log_equals_direct_generate(offline_accuracy, direct_answers):
+    entries = accuracy_entries(offline_accuracy)
+    indices = [e["qsl_idx"] for e in entries]
+    assert sorted(indices) == sorted(direct_answers), "every sample logged exactly once"
+    for entry in entries:
+        ids = ids_of(entry["data"])
+        assert ids == direct_answers[entry["qsl_idx"]], f"sample {entry['qsl_idx']}"
+        assert entry["token_count"] == len(ids)
+
+
+def test_offline_accuracy_run_journals_every_answer(offline_accuracy):
+    from harness.journal import read_journal
+
+    assert read_journal(offline_accuracy / "run_outputs") == answers_by_index(offline_accuracy)
+
+
+def test_mbxp_answers_end_at_the_stop_sequence(offline_accuracy, demo_assets):
+    frame = pd.read_pickle(demo_assets.dataset_path)
+    answers = answers_by_index(offline_accuracy)
+    mbxp = [i for i in answers if frame.loc[i, "dataset"] == "MBXP"]
+    ended = [i for i in mbxp if answers[i][-4:] == list(MBXP_STOP_IDS)]
+    assert ended, "the demo model emits the MBXP stop sequence"
+    for i in mbxp:
+        tail = answers[i][:-4] if i in ended else answers[i]
+        assert all(tail[k:k + 4] != list(MBXP_STOP_IDS) for k in range(len(tail))), f"sample {i} not cut"
+
+
+def test_server_accuracy_reports_first_tokens_and_matches_offline(server_accuracy, offline_accuracy):
+    entries = accuracy_entries(server_accuracy)
+    assert len({e["qsl_idx"] for e in entries}) == len(entries)
+    for entry in entries:
+        assert ids_of(entry["token_data"]) == ids_of(entry["data"])[:1], f"sample {entry['qsl_idx']}"
+    assert answers_by_index(server_accuracy) == answers_by_index(offline_accuracy)
+
+
+def test_server_performance_run_is_valid(tmp_path, demo_assets):
+    result = run_main("--scenario", "Server", "--batch-size", "8", "--output-log-dir", str(tmp_path), cwd=tmp_path)
+    assert_clean_run(result)
+    figures = detail(tmp_path)
+    assert figures["result_validity"] == "VALID", result.stdout[-2000:]
+    assert figures["num_errors"] == 0
+    assert figures["result_first_token_99.00_percentile_latency_ns"] > 0
+
+
+@pytest.mark.parametrize("scenario", ["Offline", "Server"])
+def test_test06_passes_our_verifier(tmp_path, demo_assets, scenario):
+    run_dir = tmp_path / "run"
+    result = run_main("--scenario", scenario, "--batch-size", "8", "--output-log-dir", str(run_dir),
+                      "--audit-conf", str(ROOT / "compliance/TEST06/audit.config"), cwd=tmp_path)
+    assert_clean_run(result)
+    assert accuracy_entries(run_dir), "TEST06 logs responses"
+    verify = subprocess.run([sys.executable, str(ROOT / "compliance/TEST06/run_verification.py"), "-c", str(run_dir),
+                             "-o", str(tmp_path / "verify"), "-s", scenario], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    report = (tmp_path / "verify" / "verify_accuracy.txt").read_text()
+    assert "TEST06 verification complete" in report
+    assert ("First token check pass: Skipped" if scenario == "Offline" else "First token check pass: True") in report
+
+
+def test_stray_audit_config_is_ignored(tmp_path, demo_assets):
+    (tmp_path / "audit.config").write_text((ROOT / "compliance/TEST06/audit.config").read_text())
+    result = run_main("--scenario", "Offline", "--accuracy", "--batch-size", "8", "--output-log-dir",
+                      str(tmp_path / "logs"), cwd=tmp_path)
+    assert_clean_run(result)
+    assert len(accuracy_entries(tmp_path / "logs")) == len(pd.read_pickle(demo_assets.dataset_path))
