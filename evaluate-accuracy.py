@@ -39,7 +39,7 @@ class UsageError(Exception):
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-path", type=Path,
                         help="Mixtral checkpoint folder; its tokenizer.model decodes the outputs "
-                             "(default: the demo assets' tokenizer)")
+                             "(default: mistral-common's copy of the same file)")
     parser.add_argument("--mlperf-accuracy-file", type=Path, required=True, help="mlperf_log_accuracy.json")
     parser.add_argument("--dataset-file", type=Path, help="dataset pickle (default: the demo dataset)")
     parser.add_argument("--n_workers", type=int, default=2, help="parallel MBXP checks")
@@ -78,6 +78,8 @@ def validate_args(args: argparse.Namespace) -> list[str]:
     if unknown:
         raise UsageError(f"--skip-languages: {', '.join(unknown)} not among the scored MBXP languages "
                          f"({', '.join(sorted(SCORED_LANGUAGES))})")
+    if args.dataset_file is not None and not args.dataset_file.is_file():
+        raise UsageError(f"--dataset-file {args.dataset_file}: file not found")
     if not args.mlperf_accuracy_file.is_file():
         raise UsageError(f"--mlperf-accuracy-file {args.mlperf_accuracy_file}: file not found")
     return skip

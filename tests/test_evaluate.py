@@ -184,7 +184,10 @@ def test_int64_log_read_as_int32(frame: pd.DataFrame, evaluate: Run, tmp_path: P
 def test_bad_flags(oracle_run, evaluate: Run, tmp_path: Path) -> None:
     assert "--skip-languages: kotlin" in one_line_error(evaluate(oracle_run[0], "--skip-languages", "kotlin"))
     assert "no tokenizer.model" in one_line_error(evaluate(oracle_run[0], "--checkpoint-path", str(tmp_path)))
-    assert "file not found" in one_line_error(evaluate(tmp_path / "absent.json"))
+    assert "--mlperf-accuracy-file" in one_line_error(evaluate(tmp_path / "absent.json"))
+    absent = tmp_path / "absent.pkl"
+    assert one_line_error(evaluate(oracle_run[0], "--dataset-file", str(absent))).endswith(
+        f"--dataset-file {absent}: file not found")
 
 
 def test_real_demo_accuracy_run(evaluate: Run, env: dict[str, str], tmp_path: Path) -> None:
