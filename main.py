@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,10 +183,25 @@ def build_backends(config: RunConfig) -> list[GenerationBackend]:
         raise UsageError(str(exc)) from None
 
 
-def run(config: RunConfig) -> int:
+@dataclass
+class RunOutcome:
+    """What a finished test leaves for reports: the SUT (its counters), loadgen's figures, timing."""
+
+    config: RunConfig
+    demo: bool
+    sut: object
+    backends: list
+    detail: dict
+    wall_seconds: float
+    workers_ended: bool
+
+
+def execute(config: RunConfig, backends: list[GenerationBackend] | None = None) -> RunOutcome:
+    """Validate, load, run one loadgen test; raises UsageError for bad input. `backends`: reuse
+    already built engines (benchmarks running several tests in one process)."""
     from dataset import DatasetError, MixtralDataset
     from harness.journal import Journal, JournalError
-    from harness.loadgen_logs import key_figures, read_detail_log
+    from harness.loadgen_logs import read_detail_log
     from SUT import OfflineSUT, ServerSUT
 
     validate(config)
@@ -199,28 +215,36 @@ def run(config: RunConfig) -> int:
         journal = Journal(config.output_log_dir / "run_outputs", config.resume) if config.accuracy else None
     except (DatasetError, JournalError) as exc:
         raise UsageError(str(exc)) from None
-    backends = build_backends(config)
+    backends = backends or build_backends(config)
     sut_class = OfflineSUT if config.scenario == "Offline" else ServerSUT
     extra = {"sort_by_length": config.sort_by_length} if config.scenario == "Offline" else {}
     sut = sut_class(dataset, backends, num_workers=config.num_workers, batch_size=config.batch_size,
                     journal=journal, watchdog_timeout_s=config.watchdog_timeout, **extra)
+    started = time.perf_counter()
     sut.start()
     audit = str(config.audit_conf) if config.audit_conf else ""
     lg.StartTestWithLogSettings(sut.sut, sut.qsl, settings, build_log_settings(config), audit)
+    wall_seconds = time.perf_counter() - started
     workers_ended = sut.stop()
     sut.destroy()
-
     detail_path = config.output_log_dir / "mlperf_log_detail.txt"
-    print(f"\nLogs: {config.output_log_dir.resolve()}")
-    if detail_path.is_file():
-        for label, value in key_figures(read_detail_log(detail_path)):
-            print(f"  {label:<20} {value}")
-    if demo:
+    detail = read_detail_log(detail_path) if detail_path.is_file() else {}
+    return RunOutcome(config, demo, sut, backends, detail, wall_seconds, workers_ended)
+
+
+def report(outcome: RunOutcome) -> int:
+    """Print where the logs are and the key figures; the exit code of the run."""
+    from harness.loadgen_logs import key_figures
+
+    print(f"\nLogs: {outcome.config.output_log_dir.resolve()}")
+    for label, value in key_figures(outcome.detail):
+        print(f"  {label:<20} {value}")
+    if outcome.demo:
         print("  (demo figures: a tiny model, not Mixtral-8x7B)")
-    if sut.failure is not None:
-        print(f"error: the run failed: {sut.failure}", file=sys.stderr)
+    if outcome.sut.failure is not None:
+        print(f"error: the run failed: {outcome.sut.failure}", file=sys.stderr)
         return EXIT_FAILED_RUN
-    if not workers_ended:
+    if not outcome.workers_ended:
         print("error: a worker did not stop after the test ended", file=sys.stderr)
         return EXIT_FAILED_RUN
     return 0
@@ -230,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(build_parser().parse_args(argv))
     try:
-        return run(config)
+        return report(execute(config))
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
