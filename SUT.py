@@ -61,7 +61,7 @@ class _SUTBase:
         self.num_workers = max(num_workers, len(self.backends))
         self.batch_size = batch_size
         self.journal = journal
-        self.sink = CompletionSink(journal, self.reports_first_token, batch_size)
+        self.sink = CompletionSink(journal, self.reports_first_token, self._journal_group())
         self.watchdog = Watchdog(self.sink, watchdog_timeout_s)
         self.work: queue.Queue = queue.Queue()
         self.workers = [
@@ -71,6 +71,12 @@ class _SUTBase:
         ]
         self.qsl = lg.ConstructQSL(len(dataset), len(dataset), dataset.load_samples, dataset.unload_samples)
         self.sut = lg.ConstructSUT(self.issue_queries, self.flush_queries)
+
+    def _journal_group(self) -> int:
+        """Answers per journal file: one static batch, or (answers finishing one by one) a group
+        large enough not to flood run_outputs/ with 15,000 files."""
+        static_offline = not self.reports_first_token and not self.backends[0].continuous_batching
+        return self.batch_size if static_offline else max(self.batch_size, 32)
 
     @property
     def failure(self) -> str | None:

@@ -46,10 +46,10 @@ def report_first_token(query_id: int, token_id: int) -> None:
 class CompletionSink:
     """Post-processes answers, journals them, completes them, and remembers failures."""
 
-    def __init__(self, journal: Journal | None, reports_first_token: bool, batch_size: int = 1) -> None:
+    def __init__(self, journal: Journal | None, reports_first_token: bool, journal_group: int = 1) -> None:
         self.journal = journal
         self.reports_first_token = reports_first_token
-        self.journal_group = max(1, batch_size)
+        self.journal_group = max(1, journal_group)
         self._outstanding: dict[int, GenerationRequest] = {}
         self._first_reported: set[int] = set()
         self._pending_journal: list[tuple[int, list[int]]] = []
