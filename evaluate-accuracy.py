@@ -100,8 +100,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     needed = mbxp_languages_to_run(frame, samples_by_part(frame, accuracy_log)["MBXP"], skip)
     missing = missing_toolchains(needed)
     if missing:
+        lacking = [lang for lang in needed if missing_toolchains([lang])]
         raise UsageError(f"MBXP toolchain missing: {'; '.join(missing)} (or pass --skip-languages "
-                         f"{','.join(needed)} to leave those languages out, reported as skipped)")
+                         f"{','.join(lacking)} to leave those languages out, reported as skipped)")
 
     install_punkt_tab()
     evaluation = evaluate(frame, accuracy_log, sp, n_workers=args.n_workers, skip_languages=skip,
