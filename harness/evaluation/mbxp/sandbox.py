@@ -14,12 +14,14 @@ What a check gets:
   available), the limits, and the reference's guards (python_child.py);
 - stdin empty, stdout discarded, and an environment of PATH, HOME, TMPDIR, LANG and NODE_PATH only.
 
-What it does not provide: no container or namespaces, so it can read whatever the user may read
-(including the network's UDP and unix sockets); without Landlock (older kernels, some seccomp
-profiles) a process may write wherever its user may, e.g. /tmp, and when not root that is the
-harness user's own files; a process that calls setsid() leaves the group that is killed (it still
-dies at its CPU-time limit unless it sleeps); concurrent checks share one user, so one check
-exhausting the task limit can make another check's fork fail.
+What it does not provide: no container, namespaces or seccomp. A check can read every file its user
+can read, and can use UDP and unix sockets (TCP too without Landlock ABI 4); the checks need no
+network, but nothing cuts it off. Without Landlock (older kernels, some container seccomp profiles) a
+check may write wherever its user may: as "nobody", world-writable places such as /tmp; when the
+harness is not root, the harness user's own files; and python answers that run as root are then
+held back only by the reference's guards. A process that calls setsid() leaves the group that is
+killed (it still dies at its CPU-time limit unless it sleeps). Concurrent checks share one user, so
+one check exhausting the task limit can make another check's fork fail.
 """
 
 from __future__ import annotations
@@ -61,11 +63,17 @@ class Confinement:
 
     @classmethod
     def for_workers(cls, n_workers: int) -> Confinement:
+        """Raises RuntimeError when a confined process cannot even start (confine.py fails here)."""
         user = _unprivileged_user() if os.geteuid() == 0 else None
         uid = user[0] if user else os.getuid()
         # The limit counts every task of the uid, so start from what it already runs.
-        confinement = cls(user, _count_tasks(uid) + TASKS_PER_WORKER * (n_workers + 1), python_as_user=user is None)
-        return confinement if user is None else replace(confinement, python_as_user=_python_runs(confinement))
+        confinement = cls(user, _count_tasks(uid) + TASKS_PER_WORKER * (n_workers + 1), python_as_user=True)
+        if user is not None and _probe(confinement).returncode != 0:
+            confinement = replace(confinement, python_as_user=False)
+        probe = _probe(confinement.for_python())
+        if probe.returncode != 0:
+            raise RuntimeError(f"MBXP checks cannot run confined: {probe.stderr or probe.returncode}")
+        return confinement
 
     def for_python(self) -> Confinement:
         return self if self.python_as_user else replace(self, user=None)
@@ -79,9 +87,10 @@ class Confinement:
         return f"checks run {who}, {landlock}, at most {self.tasks} tasks"
 
 
-def _python_runs(confinement: Confinement) -> bool:
+def _probe(confinement: Confinement) -> RunOutcome:
+    """Starts the interpreter that runs python answers, as a python answer would be."""
     with check_folder(confinement) as folder:
-        return run_confined((sys.executable, "-I", "-B", "-c", "pass"), folder, 30.0, confinement).returncode == 0
+        return run_confined((sys.executable, "-I", "-B", "-c", "pass"), folder, 30.0, confinement)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.evaluation.mbxp.programs import SCORED_LANGUAGES
+
 INSTALL_HINT = "install it with: bash tools/install_eval_toolchains.sh"
 DEFAULT_NODE_PREFIX = "/opt/mbxp-node"
 # The TypeScript verdicts depend on tsc 5.x (7.x has no --target es5) ...
@@ -24,8 +26,10 @@ TYPESCRIPT_MAJOR = "5"
 # type-checks, tsc exits 0 instead of 2, and the reference would count the program as not compiled.
 TYPES_NODE = Path("node_modules/@types/node")
 
-PATH_TOOLS = {"cpp": ("g++",), "javascript": ("node",), "typescript": ("node",), "php": ("php",),
-              "ruby": ("ruby",), "python": ()}
+PATH_TOOLS: dict[str, tuple[str, ...]] = {
+    "cpp": ("g++",), "javascript": ("node",), "typescript": ("node",), "php": ("php",), "ruby": ("ruby",),
+    "python": (),  # runs in this interpreter
+}
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ def _node_module_problems(languages: set[str], node_modules: Path) -> list[str]:
 
 def _find_toolchains(languages: Iterable[str]) -> tuple[Toolchains, list[str]]:
     wanted = set(languages)
-    unknown = wanted - PATH_TOOLS.keys()
+    unknown = wanted - set(SCORED_LANGUAGES)
     if unknown:
         raise ValueError(f"not MBXP scored languages: {sorted(unknown)}")
     executables, problems = {}, []
