@@ -26,7 +26,9 @@ command -v npm >/dev/null || missing_packages+=(npm)
 if [ "${#missing_packages[@]}" -gt 0 ]; then
     echo "install_eval_toolchains: apt-get install ${missing_packages[*]}"
     $SUDO apt-get update
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing_packages[@]}"
+    # ca-certificates: npm fetches from its registry over https.
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        ca-certificates "${missing_packages[@]}"
 fi
 
 installed_version() {  # prints the version of npm package $1 in PREFIX, or nothing
