@@ -181,7 +181,9 @@ class VllmBackend:
         from vllm.inputs import TokensPrompt
 
         request_id = f"{request.qsl_index}-{next(self._ids)}"
-        self._engine.add_request(request_id, TokensPrompt(prompt_token_ids=list(request.input_ids)), self._params)
+        # Plain ints: the dataset holds numpy int32 arrays, which the engine's IPC cannot encode.
+        prompt = TokensPrompt(prompt_token_ids=[int(t) for t in request.input_ids])
+        self._engine.add_request(request_id, prompt, self._params)
         self._in_flight[request_id] = _InFlight(request)
         return request_id
 
