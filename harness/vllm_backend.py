@@ -68,6 +68,7 @@ class VllmBackend:
         dtype: str = "bfloat16",
         tensor_parallel_size: int = 1,
         *,
+        pipeline_parallel_size: int = 1,
         max_model_len: int = DEFAULT_MAX_MODEL_LEN,
         max_num_seqs: int | None = None,
         gpu_memory_utilization: float = 0.92,
@@ -78,11 +79,11 @@ class VllmBackend:
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
         """distributed_executor_backend: None (vLLM picks: processes on one node) or "ray"
-        (tensor parallel across nodes of a running Ray cluster). device_ids: the GPUs of this
-        engine (indices into CUDA_VISIBLE_DEVICES), for data-parallel replicas. multiprocess: run
-        vLLM's engine core in its own process (vLLM's default; it overlaps scheduling with the
-        model and isolates the device); False keeps it in this process. engine_options: any
-        further vllm.EngineArgs fields, passed through unchanged."""
+        (tensor/pipeline parallel across the nodes of a running Ray cluster). device_ids: the GPUs
+        of this engine (indices into CUDA_VISIBLE_DEVICES), for data-parallel replicas.
+        multiprocess: run vLLM's engine core in its own process (vLLM's default; it overlaps
+        scheduling with the model and isolates the device); False keeps it in this process.
+        engine_options: any further vllm.EngineArgs fields, passed through unchanged."""
         from vllm import EngineArgs
         from vllm.v1.engine.llm_engine import LLMEngine
         from vllm.v1.executor import Executor
@@ -92,6 +93,7 @@ class VllmBackend:
             model=model_path,
             dtype=dtype,
             tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size,
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
             gpu_memory_utilization=gpu_memory_utilization,
@@ -237,9 +239,10 @@ def build_vllm_backends(
     replicas: int = 1,
     **options: Any,
 ) -> list[VllmBackend]:
-    """Data-parallel replicas: `replicas` engines, replica r on GPUs [r*tp, (r+1)*tp) of the visible
-    ones, each engine core in its own process (vLLM binds a process to one device set). The SUT
-    feeds them from one queue, one serving thread per engine. options: VllmBackend keywords."""
+    """Data-parallel replicas: `replicas` engines of g = tp x pp GPUs each, replica r on GPUs
+    [r*g, (r+1)*g) of the visible ones, each engine core in its own process (vLLM binds a process
+    to one device set). The SUT feeds them from one queue, one serving thread per engine.
+    options: VllmBackend keywords."""
     if replicas < 1:
         raise ValueError(f"--replicas must be at least 1, got {replicas}")
     if replicas == 1:
@@ -249,8 +252,8 @@ def build_vllm_backends(
                          "(tensor parallel across nodes) or run one harness per node")
     if options.get("multiprocess") is False:
         raise ValueError("replicas > 1 need multiprocess=True: each engine core must be its own process")
+    gpus = tensor_parallel_size * options.get("pipeline_parallel_size", 1)
     return [
-        VllmBackend(model_path, dtype, tensor_parallel_size,
-                    device_ids=range(r * tensor_parallel_size, (r + 1) * tensor_parallel_size), **options)
+        VllmBackend(model_path, dtype, tensor_parallel_size, device_ids=range(r * gpus, (r + 1) * gpus), **options)
         for r in range(replicas)
     ]
