@@ -115,6 +115,7 @@ class VllmBackend:
             log_stats=False,
             multiprocess_mode=multiprocess,
         )
+        self.max_in_flight = config.scheduler_config.max_num_seqs  # sequences one engine step can batch
         self._params = _greedy_params()
         self._in_flight: dict[str, _InFlight] = {}
         self._ids = itertools.count()
@@ -146,7 +147,8 @@ class VllmBackend:
         on_done: DoneHandler,
     ) -> None:
         """Take arrivals between engine steps until None, then finish what is in flight.
-        Anything put after the None is left in the queue."""
+        Replicas may share one queue: put one None per replica. Anything after a replica's None
+        is left in the queue."""
         closing = False
         while not closing or self._in_flight:
             if not closing:
@@ -167,17 +169,21 @@ class VllmBackend:
                 f"max_model_len {self.max_model_len}; raise max_model_len to at least {needed}")
 
     def _take_arrivals(self, requests: queue.Queue[GenerationRequest | None], wait: bool) -> bool:
-        """Add every request waiting in the queue (block for the first one when idle, so an idle
-        loop costs nothing); True once None was taken."""
-        try:
-            item = requests.get(block=wait)
-            while item is not None:
-                self._check_fits(item)
-                self._add(item)
-                item = requests.get_nowait()
-        except queue.Empty:
-            return False
-        return True
+        """Add the waiting requests up to the engine's batch capacity (block for the first one when
+        idle, so an idle loop costs nothing); True once None was taken. The cap leaves the rest of
+        a shared queue to the other replicas."""
+        block = wait
+        while len(self._in_flight) < self.max_in_flight:
+            try:
+                item = requests.get(block=block)
+            except queue.Empty:
+                return False
+            if item is None:
+                return True
+            self._check_fits(item)
+            self._add(item)
+            block = False
+        return False
 
     def _add(self, request: GenerationRequest) -> str:
         from vllm.inputs import TokensPrompt

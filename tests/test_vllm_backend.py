@@ -145,6 +145,24 @@ def test_serve_streams_first_tokens_on_the_completing_thread(engine, requests_):
         assert thread == threading.get_ident()
 
 
+def test_serve_takes_no_more_requests_than_it_can_batch(engine, requests_, monkeypatch):
+    """Replicas share one queue: an engine must leave what it cannot run to the others."""
+    monkeypatch.setattr(engine, "max_in_flight", 2)
+    arrivals: queue.Queue = queue.Queue()
+    for request in requests_:
+        arrivals.put(request)
+    arrivals.put(None)
+    done, in_flight = [], []
+
+    def on_first(request, token):
+        taken = len(requests_) + 1 - arrivals.qsize()
+        in_flight.append(taken - len(done))
+
+    engine.serve(arrivals, on_first, lambda r, ids: done.append(r.qsl_index))
+    assert sorted(done) == [r.qsl_index for r in requests_]
+    assert max(in_flight) <= 2
+
+
 def test_generate_calls_handlers_in_stream_order(engine, requests_):
     events = []
     answers = engine.generate(requests_[:2], lambda r, t: events.append(("first", r.qsl_index, t)),
