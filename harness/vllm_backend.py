@@ -12,10 +12,11 @@ vLLM is imported lazily: the harness and its HF backend work without it installe
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import queue
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -131,13 +132,14 @@ class VllmBackend:
         """All requests go to the engine at once; it batches them continuously."""
         for request in requests:
             self._check_fits(request)
-        order = {self._add(request): position for position, request in enumerate(requests)}
         answers: list[list[int]] = [[] for _ in requests]
-        while self._in_flight:
-            for request_id, state in self._step(on_first_token):
-                answers[order[request_id]] = state.ids
-                if on_done is not None:
-                    on_done(state.request, state.ids)
+        with self._abort_on_error():
+            order = {self._add(request): position for position, request in enumerate(requests)}
+            while self._in_flight:
+                for request_id, state in self._step(on_first_token):
+                    answers[order[request_id]] = state.ids
+                    if on_done is not None:
+                        on_done(state.request, state.ids)
         return answers
 
     def serve(
@@ -150,16 +152,30 @@ class VllmBackend:
         Replicas may share one queue: put one None per replica. Anything after a replica's None
         is left in the queue."""
         closing = False
-        while not closing or self._in_flight:
-            if not closing:
-                closing = self._take_arrivals(requests, wait=not self._in_flight)
-            if self._in_flight:
-                for _, state in self._step(on_first_token):
-                    on_done(state.request, state.ids)
+        with self._abort_on_error():
+            while not closing or self._in_flight:
+                if not closing:
+                    closing = self._take_arrivals(requests, wait=not self._in_flight)
+                if self._in_flight:
+                    for _, state in self._step(on_first_token):
+                        on_done(state.request, state.ids)
 
     def close(self) -> None:
         """Stop the engine's worker processes."""
         self._engine.engine_core.shutdown()
+
+    @contextlib.contextmanager
+    def _abort_on_error(self) -> Iterator[None]:
+        """If a loop fails (a handler raised, the engine died), drop its requests from the engine,
+        so a later call starts clean; the caller fails the samples it did not complete."""
+        try:
+            yield
+        except BaseException:
+            if self._in_flight:
+                with contextlib.suppress(Exception):  # the engine itself may be what failed
+                    self._engine.abort_request(list(self._in_flight))
+                self._in_flight.clear()
+            raise
 
     def _check_fits(self, request: GenerationRequest) -> None:
         needed = len(request.input_ids) + MAX_NEW_TOKENS

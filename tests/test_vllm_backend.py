@@ -172,6 +172,15 @@ def test_generate_calls_handlers_in_stream_order(engine, requests_):
         assert events.index(("first", request.qsl_index, answer[0])) < events.index(("done", request.qsl_index, answer))
 
 
+def test_a_failing_handler_leaves_the_engine_clean(engine, requests_, vllm_answers):
+    def fail(request, token):
+        raise RuntimeError("handler failed")
+
+    with pytest.raises(RuntimeError, match="handler failed"):
+        engine.generate(requests_[:2], on_first_token=fail)
+    assert engine.generate(requests_[:1]) == vllm_answers[:1]
+
+
 def test_too_long_prompt_names_max_model_len(engine):
     with pytest.raises(ValueError, match="max_model_len"):
         engine.generate([GenerationRequest(0, [1] * engine.max_model_len)])
