@@ -147,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run(args)
         report(summary, args.output_dir or args.mlperf_accuracy_file.parent)
-    except (UsageError, ValueError, OSError) as exc:  # DatasetError, AccuracyLogError are ValueErrors
+    # DatasetError and AccuracyLogError are ValueErrors; RuntimeError: the MBXP sandbox cannot start.
+    except (UsageError, ValueError, OSError, RuntimeError) as exc:
         if args.verbose:
             log.exception("evaluation failed")
-        print(f"evaluate-accuracy.py: error: {exc}", file=sys.stderr)
+        print(f"evaluate-accuracy.py: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     return 0
 

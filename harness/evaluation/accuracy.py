@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 PARTS = ("OpenOrca", "GSM8K", "MBXP")
 SKIPPED, UNSCORED, SCORED = "skipped (--skip-languages)", "not scored by the reference", "scored"
 
-MbxpRunner = Callable[[list[MbxpTask], int], list[MbxpVerdict]]
+MbxpRunner = Callable[[list[MbxpTask], int, bool], list[MbxpVerdict]]  # tasks, n_workers, progress
 
 
 @dataclass
@@ -75,7 +75,7 @@ def score_gsm8k(frame: pd.DataFrame, indices: Sequence[int], texts: dict[int, st
 
 
 def score_mbxp(frame: pd.DataFrame, indices: Sequence[int], texts: dict[int, str], skip: Collection[str],
-               runner: MbxpRunner, n_workers: int) -> tuple[float | None, dict[str, dict[str, object]]]:
+               runner: MbxpRunner, n_workers: int, progress: bool) -> tuple[float | None, dict[str, dict[str, object]]]:
     """mbxp = 100 * passed / scored (not rounded), and a per-language breakdown."""
     tasks, unrun = [], {}
     for i in indices:
@@ -86,7 +86,7 @@ def score_mbxp(frame: pd.DataFrame, indices: Sequence[int], texts: dict[int, str
         else:
             status = SKIPPED if lang in SCORED_LANGUAGES else UNSCORED
             unrun.setdefault(lang, {"status": status, "rows": 0})["rows"] += 1
-    verdicts = runner(tasks, n_workers) if tasks else []
+    verdicts = runner(tasks, n_workers, progress) if tasks else []
     languages: dict[str, dict[str, object]] = dict(unrun)
     for verdict in verdicts:
         entry = languages.setdefault(verdict.lang, {"status": SCORED, "scored": 0, "passed": 0})
@@ -99,13 +99,9 @@ def score_mbxp(frame: pd.DataFrame, indices: Sequence[int], texts: dict[int, str
     return (100.0 * passed / len(verdicts) if verdicts else None), languages
 
 
-def _run_mbxp(tasks: list[MbxpTask], n_workers: int) -> list[MbxpVerdict]:
-    return run_mbxp(tasks, n_workers, progress=True)
-
-
 def evaluate(frame: pd.DataFrame, log_: AccuracyLog, sp: spm.SentencePieceProcessor, *, n_workers: int = 2,
              skip_languages: Collection[str] = (), progress: bool = True,
-             mbxp_runner: MbxpRunner = _run_mbxp) -> Evaluation:
+             mbxp_runner: MbxpRunner = run_mbxp) -> Evaluation:
     """The reference's figures for the samples in log_. Toolchains must have been checked."""
     result = Evaluation()
     parts = samples_by_part(frame, log_)
@@ -128,7 +124,7 @@ def evaluate(frame: pd.DataFrame, log_: AccuracyLog, sp: spm.SentencePieceProces
 
     start = time.perf_counter()
     mbxp, result.mbxp_languages = score_mbxp(frame, parts["MBXP"], texts, set(skip_languages), mbxp_runner,
-                                             n_workers)
+                                             n_workers, progress)
     if mbxp is not None:
         result.figures["mbxp"] = mbxp
     result.seconds["mbxp"] = time.perf_counter() - start
