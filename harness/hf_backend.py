@@ -1,8 +1,9 @@
 """HuggingFace transformers generation backend: static batches, greedy, as the reference.
 
-Batches are left-padded with EOS (attention mask 0 on pads). The MBXP stop sequence and the
-first-token report are stopping criteria evaluated on the device, so a batch needs one copy to
-the CPU at the end (plus one after the first step when a first token is wanted).
+Batches are left-padded with EOS (attention mask 0 on pads). The MBXP stop sequence is a
+stopping criterion evaluated on the device, so an Offline batch needs one copy to the CPU at the
+end; Server batches also copy each step's ended rows, to report first tokens and hand over
+finished answers without waiting for the rest of the batch.
 """
 
 from __future__ import annotations
@@ -81,18 +82,30 @@ class StopSequenceCriteria(StoppingCriteria):
         return self.has_stop & ((tail == self.stop) | (self.stop == -1)).all(dim=1)
 
 
-class FirstTokenCriteria(StoppingCriteria):
-    """Reports each row's first generated id right after the first decoding step; never stops."""
+class StreamingCriteria(StoppingCriteria):
+    """Server: reports each row's first id after the first step, and hands over each row as soon
+    as it ends (EOS or its stop ids) instead of when the whole batch ends. Costs one small copy
+    to the CPU per step; never stops anything itself."""
 
-    def __init__(self, requests: Sequence[GenerationRequest], prompt_width: int, handler: FirstTokenHandler) -> None:
+    def __init__(self, requests: Sequence[GenerationRequest], prompt_width: int, stop: StopSequenceCriteria,
+                 on_first_token: FirstTokenHandler, on_done: DoneHandler | None) -> None:
         self.requests = requests
         self.prompt_width = prompt_width
-        self.handler = handler
+        self.stop = stop
+        self.on_first_token = on_first_token
+        self.on_done = on_done
+        self.handed_over = [False] * len(requests)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         if input_ids.shape[1] == self.prompt_width + 1:
             for request, token in zip(self.requests, input_ids[:, -1].tolist(), strict=True):
-                self.handler(request, token)
+                self.on_first_token(request, token)
+        if self.on_done is not None:
+            ended = ((input_ids[:, -1] == EOS_ID) | self.stop(input_ids, scores)).tolist()
+            for row, request in enumerate(self.requests):
+                if ended[row] and not self.handed_over[row]:
+                    self.handed_over[row] = True
+                    self.on_done(request, input_ids[row, self.prompt_width:].tolist())
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
@@ -138,10 +151,11 @@ class HFBackend:
         outputs: list[list[int]] = []
         for start in range(0, len(requests), self.batch_size):
             batch = requests[start:start + self.batch_size]
-            answers = self._generate_batch(batch, on_first_token)
+            answers, handed_over = self._generate_batch(batch, on_first_token, on_done)
             if on_done is not None:
-                for request, answer in zip(batch, answers, strict=True):
-                    on_done(request, answer)
+                for request, answer, done in zip(batch, answers, handed_over, strict=True):
+                    if not done:
+                        on_done(request, answer)
             outputs.extend(answers)
         return outputs
 
@@ -174,13 +188,18 @@ class HFBackend:
 
     @torch.inference_mode()
     def _generate_batch(
-        self, batch: Sequence[GenerationRequest], on_first_token: FirstTokenHandler | None
-    ) -> list[list[int]]:
+        self, batch: Sequence[GenerationRequest], on_first_token: FirstTokenHandler | None,
+        on_done: DoneHandler | None,
+    ) -> tuple[list[list[int]], list[bool]]:
+        """Raw answers of one static batch, and which rows were already handed to on_done."""
         input_ids, attention_mask = left_pad([r.input_ids for r in batch])
         width = input_ids.shape[1]
-        criteria = StoppingCriteriaList([StopSequenceCriteria(batch, width, self.input_device)])
+        stop = StopSequenceCriteria(batch, width, self.input_device)
+        criteria = StoppingCriteriaList([stop])
+        streaming = None
         if on_first_token is not None:
-            criteria.append(FirstTokenCriteria(batch, width, on_first_token))
+            streaming = StreamingCriteria(batch, width, stop, on_first_token, on_done)
+            criteria.append(streaming)
         sequences = self.model.generate(
             input_ids=input_ids.to(self.input_device),
             attention_mask=attention_mask.to(self.input_device),
@@ -190,4 +209,4 @@ class HFBackend:
         answers = sequences[:, width:].cpu().tolist()
         with self._padding_lock:
             self.padding.add([len(r.input_ids) for r in batch], width, answers)
-        return answers
+        return answers, streaming.handed_over if streaming else [False] * len(batch)
