@@ -70,7 +70,38 @@ def latency_curves(detail: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return curves
 
 
+def label(ms: float) -> str:
+    return f"{ms:,.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
+def draw_panel(ax: Any, title: str, curve: dict[str, Any]) -> None:
+    points = curve["points_ms"]
+    xs = [nines(p) for p, _ in points]
+    ys = [ms for _, ms in points]
+    ax.plot(xs, ys, marker="o", color="tab:blue")
+    for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        # Alternate above/below: p95 and p97 sit close together on this axis.
+        ax.annotate(label(y), (x, y), textcoords="offset points", xytext=(0, 7 if k % 2 == 0 else -13),
+                    ha="center", fontsize=8)
+    top = max(ys, default=1.0)
+    target = curve["target_ms"]
+    if target is not None and target <= TARGET_IN_VIEW * top:
+        ax.axhline(target, color="tab:red", linestyle="--", label=f"target {target:g} ms")
+        ax.legend(loc="upper left", fontsize=8)
+        top = max(top, target)
+    elif target is not None:
+        # A target far above the curve would flatten it to the axis: name it instead.
+        title = f"{title} (target {target:g} ms)"
+    ax.set_xticks(xs, [f"p{p:g}" for p, _ in points])
+    ax.set_title(title)
+    ax.set_xlabel("percentile")
+    ax.set_ylabel("latency (ms)")
+    ax.set_ylim(0, 1.15 * top)  # headroom for the top label
+    ax.grid(alpha=0.3)
+
+
 def draw(curves: dict[str, dict[str, Any]], subtitle: str, output: Path) -> None:
+    """Write the PNG: one panel per curve."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display; must precede pyplot's import
@@ -78,27 +109,7 @@ def draw(curves: dict[str, dict[str, Any]], subtitle: str, output: Path) -> None
 
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4.2), constrained_layout=True)
     for ax, (title, curve) in zip(axes, curves.items(), strict=True):
-        points = curve["points_ms"]
-        xs = [nines(p) for p, _ in points]
-        ys = [ms for _, ms in points]
-        ax.plot(xs, ys, marker="o", color="tab:blue")
-        for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
-            # Alternate above/below: p95 and p97 sit close together on this axis.
-            ax.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(0, 7 if k % 2 == 0 else -13),
-                        ha="center", fontsize=8)
-        target = curve["target_ms"]
-        if target is not None and target <= TARGET_IN_VIEW * max(ys, default=0):
-            ax.axhline(target, color="tab:red", linestyle="--", label=f"target {target:g} ms")
-            ax.legend(loc="upper left", fontsize=8)
-        elif target is not None:
-            # A target far above the curve would flatten it to the axis: name it instead.
-            title = f"{title} (target {target:g} ms)"
-        ax.set_xticks(xs, [f"p{p:g}" for p, _ in points])
-        ax.set_title(title)
-        ax.set_xlabel("percentile")
-        ax.set_ylabel("latency (ms)")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
+        draw_panel(ax, title, curve)
     fig.suptitle(subtitle)
     fig.savefig(output, dpi=110)
     plt.close(fig)
