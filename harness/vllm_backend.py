@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import logging
 import queue
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -60,8 +61,10 @@ def find_stop_end(ids: Sequence[int], stop_ids: Sequence[int], start: int = 0) -
 
 
 class VllmBackend:
-    """One vLLM engine. generate() and serve() drive its step loop on the calling thread; one
-    loop at a time per engine."""
+    """One vLLM engine. generate() and serve() drive its step loop on the calling thread; threads
+    sharing one engine take turns (one loop at a time)."""
+
+    continuous_batching = True  # the engine schedules: give it everything at once
 
     def __init__(
         self,
@@ -119,6 +122,7 @@ class VllmBackend:
         self.max_in_flight = config.scheduler_config.max_num_seqs  # sequences one engine step can batch
         self._params = _greedy_params()
         self._in_flight: dict[str, _InFlight] = {}
+        self._loop = threading.Lock()
         self._ids = itertools.count()
         logger.info("vLLM engine ready: %s, %s, tp=%d, devices=%s", model_path, dtype, tensor_parallel_size,
                     device_ids if device_ids is not None else "default")
@@ -133,7 +137,7 @@ class VllmBackend:
         for request in requests:
             self._check_fits(request)
         answers: list[list[int]] = [[] for _ in requests]
-        with self._abort_on_error():
+        with self._loop, self._abort_on_error():
             order = {self._add(request): position for position, request in enumerate(requests)}
             while self._in_flight:
                 for request_id, state in self._step(on_first_token):
@@ -149,10 +153,10 @@ class VllmBackend:
         on_done: DoneHandler,
     ) -> None:
         """Take arrivals between engine steps until None, then finish what is in flight.
-        Replicas may share one queue: put one None per replica. Anything after a replica's None
-        is left in the queue."""
+        Several serving threads (replicas) may share one queue: put one None per thread.
+        Anything after the None this loop took is left in the queue."""
         closing = False
-        with self._abort_on_error():
+        with self._loop, self._abort_on_error():
             while not closing or self._in_flight:
                 if not closing:
                     closing = self._take_arrivals(requests, wait=not self._in_flight)

@@ -176,6 +176,17 @@ def test_generate_calls_handlers_in_stream_order(engine, requests_):
         assert events.index(("first", request.qsl_index, answer[0])) < events.index(("done", request.qsl_index, answer))
 
 
+def test_threads_sharing_one_engine_take_turns(engine, requests_, vllm_answers):
+    results = {}
+    threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, engine.generate(requests_[k:k + 2])))
+               for k in (0, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {0: vllm_answers[0:2], 2: vllm_answers[2:4]}
+
+
 def test_a_failing_handler_leaves_the_engine_clean(engine, requests_, vllm_answers):
     def fail(request, token):
         raise RuntimeError("handler failed")
