@@ -53,6 +53,7 @@ class RunConfig:
     watchdog_timeout: float
     sort_by_length: bool
     tensor_parallel_size: int
+    pipeline_parallel_size: int
     replicas: int
     distributed_executor_backend: str | None
 
@@ -88,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-length-sort", dest="sort_by_length", action="store_false",
                    help="Offline: batch samples in issue order instead of by prompt length")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per engine")
+    p.add_argument("--pipeline-parallel-size", type=int, default=1,
+                   help="vllm: pipeline stages per engine (across machines with --distributed-executor-backend ray)")
     p.add_argument("--replicas", type=int, default=1, help="vllm: data-parallel engines, fed from one queue")
     p.add_argument("--distributed-executor-backend", choices=("mp", "ray"),
                    help="vllm: ray to span machines of a Ray cluster (see docs/vllm.md)")
@@ -102,7 +105,7 @@ def validate(config: RunConfig) -> None:
     """Cheap checks before any model or dataset is loaded."""
     for flag, value in (("--total-sample-count", config.total_sample_count), ("--batch-size", config.batch_size),
                         ("--num-workers", config.num_workers), ("--tensor-parallel-size", config.tensor_parallel_size),
-                        ("--replicas", config.replicas)):
+                        ("--pipeline-parallel-size", config.pipeline_parallel_size), ("--replicas", config.replicas)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
     if config.watchdog_timeout <= 0:
@@ -173,7 +176,7 @@ def build_backends(config: RunConfig) -> list[GenerationBackend]:
         except ImportError as exc:
             raise UsageError(f"--backend vllm: vLLM is not installed ({exc}); see requirements-vllm.txt") from None
         return build_vllm_backends(str(config.model_path), config.dtype, config.tensor_parallel_size,
-                                   config.replicas,
+                                   config.replicas, pipeline_parallel_size=config.pipeline_parallel_size,
                                    distributed_executor_backend=config.distributed_executor_backend)
     from harness.hf_backend import HFBackend
 
