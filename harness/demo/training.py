@@ -37,6 +37,7 @@ class TrainConfig:
     batch_size: int = 6
     lr: float = 5e-3
     warmup_steps: int = 20
+    max_grad_norm: float = 1.0
     seed: int = 0
 
 
@@ -111,6 +112,8 @@ def train(model: nn.Module, examples: Sequence[Example], config: TrainConfig) ->
                 loss = answer_loss(model, vocab, *batches[i])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                # A high learning rate memorises fast; clipping keeps it from the occasional loss spike.
+                nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 schedule.step()
                 losses.append(loss.item())
