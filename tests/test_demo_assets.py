@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,6 +11,7 @@ from transformers import MixtralForCausalLM
 
 from harness.backend import MBXP_STOP_IDS
 from harness.demo import DemoAssets, ensure_demo_assets
+from harness.demo.assets import _write_atomically
 from harness.demo.dataset_builder import COLUMNS, MBXP_LANGUAGES, gsm8k_solution, mbxp_prompt
 from harness.demo.verify import check_rows
 from harness.tokenizer import bundled_tokenizer_model, load_sentencepiece, reference_encode
@@ -117,3 +119,24 @@ def test_second_build_is_a_cache_hit(demo_assets: DemoAssets) -> None:
     assert ensure_demo_assets() == demo_assets
     assert time.perf_counter() - start < 1.0
     assert (demo_assets.model_dir / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
+    target = tmp_path / "asset"
+
+    def half_write(path: Path) -> None:
+        path.mkdir()
+        (path / "part").write_text("half")
+        raise RuntimeError("killed mid-build")
+
+    with pytest.raises(RuntimeError):
+        _write_atomically(target, half_write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_replaces_old_asset(tmp_path: Path) -> None:
+    target = tmp_path / "asset.txt"
+    target.write_text("old")
+    _write_atomically(target, lambda p: p.write_text("new"))
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["asset.txt"]

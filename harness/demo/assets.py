@@ -78,7 +78,11 @@ def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
     """write(tmp) then rename tmp to target, replacing any old target."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     _remove(tmp)
-    write(tmp)
+    try:
+        write(tmp)
+    except BaseException:
+        _remove(tmp)
+        raise
     _remove(target)
     tmp.rename(target)
 
