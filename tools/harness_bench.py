@@ -80,6 +80,7 @@ class LoadMetrics:
     rss_before_load_mb: float
     rss_after_load_mb: float
     dataset_rss_growth_mb: float
+    load_peak_rss_mb: float  # the unpickled frame (every column, lists of Python ints) before it is freed
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def measure_load(dataset_path: Path) -> dict[str, float]:
     qsl_ms = (time.perf_counter() - started) * 1000
     lg.DestroyQSL(qsl)
     return {"dataset_load_s": load_s, "qsl_construct_ms": qsl_ms, "rss_before_load_mb": before,
-            "rss_after_load_mb": after, "dataset_rss_growth_mb": after - before}
+            "rss_after_load_mb": after, "dataset_rss_growth_mb": after - before, "load_peak_rss_mb": peak_rss_mb()}
 
 
 @contextlib.contextmanager
@@ -270,7 +271,8 @@ def render_table(results: dict[str, Any]) -> str:
     lines = [f"Harness alone, {results['config']['rows']} rows, instant engine",
              f"  synthetic dataset written   {load['synth_dataset_s']:.1f} s",
              f"  dataset load (MixtralDataset) {load['dataset_load_s']:.2f} s, "
-             f"RSS +{load['dataset_rss_growth_mb']:.0f} MB ({load['rss_after_load_mb']:.0f} MB after)",
+             f"RSS +{load['dataset_rss_growth_mb']:.0f} MB ({load['rss_after_load_mb']:.0f} MB after, "
+             f"peak {load['load_peak_rss_mb']:.0f} MB while loading)",
              f"  QSL construction            {load['qsl_construct_ms']:.1f} ms", ""]
     header = f"{'run':<22}{'samples':>8}{'wall s':>8}{'samples/s':>11}{'calls/s':>10}{'us/sample':>11}" \
              f"{'peak RSS MB':>13}{'RSS +MB':>9}  result"
