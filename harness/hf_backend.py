@@ -130,17 +130,25 @@ class HFBackend:
 
     continuous_batching = False
 
-    def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu", batch_size: int = 1) -> None:
-        self.device = resolve_device(device)
+    def __init__(self, model: torch.nn.Module, batch_size: int = 1, max_new_tokens: int = MAX_NEW_TOKENS) -> None:
+        """model: a loaded causal LM (see load()). max_new_tokens stays the reference's 1024 in
+        every benchmark run; only measurement tools shorten it."""
         self.batch_size = batch_size
-        self.model = load_model(model_path, dtype, self.device)
-        self.input_device = self.model.get_input_embeddings().weight.device
+        self.model = model
+        self.input_device = model.get_input_embeddings().weight.device
         self.generation_config = GenerationConfig(
-            do_sample=False, num_beams=1, min_new_tokens=MIN_NEW_TOKENS, max_new_tokens=MAX_NEW_TOKENS,
+            do_sample=False, num_beams=1, min_new_tokens=MIN_NEW_TOKENS, max_new_tokens=max_new_tokens,
             eos_token_id=EOS_ID, pad_token_id=EOS_ID, bos_token_id=1,
         )
         self.padding = PaddingStats()
         self._padding_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model_path: str, dtype: str = "float32", device: str = "cpu", batch_size: int = 1) -> HFBackend:
+        return cls(load_model(model_path, dtype, resolve_device(device)), batch_size)
+
+    def close(self) -> None:
+        """Nothing to release beyond the model, which goes with the object."""
 
     def generate(
         self,

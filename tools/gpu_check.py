@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import torch
@@ -102,19 +101,9 @@ def build_random_model(config: MixtralConfig, device: str, dtype: torch.dtype, s
     return model.eval()
 
 
-@contextlib.contextmanager
-def _backend_model(model: torch.nn.Module) -> Iterator[None]:
-    """HFBackend loads a checkpoint folder; there is none here, so hand it the built model."""
-    with mock.patch.object(hf_backend, "load_model", lambda *_: model):
-        yield
-
-
-def make_backend(model: torch.nn.Module, device: str, batch_size: int, new_tokens: int) -> hf_backend.HFBackend:
-    with _backend_model(model):
-        backend = hf_backend.HFBackend("<random weights>", dtype="bfloat16", device=device, batch_size=batch_size)
+def make_backend(model: torch.nn.Module, batch_size: int, new_tokens: int) -> hf_backend.HFBackend:
     # The harness caps answers at 1024 tokens; a shorter cap measures the same per-step rate in budget.
-    backend.generation_config.max_new_tokens = new_tokens
-    return backend
+    return hf_backend.HFBackend(model, batch_size=batch_size, max_new_tokens=new_tokens)
 
 
 def synthetic_prompts(count: int, seed: int, max_tokens: int | None) -> list[list[int]]:
@@ -181,7 +170,7 @@ def run_batches(args: argparse.Namespace, model: torch.nn.Module, deadline: floa
     """Measure each batch size in turn; skip one whose predicted time (the last run's, scaled
     linearly with batch size: pessimistic for decode) would pass the deadline."""
     prompts = synthetic_prompts(max(args.batch_sizes), args.seed, TINY_MAX_PROMPT_TOKENS if args.tiny else None)
-    make_backend(model, args.device, 1, WARMUP_NEW_TOKENS).generate([GenerationRequest(0, prompts[0])])
+    make_backend(model, 1, WARMUP_NEW_TOKENS).generate([GenerationRequest(0, prompts[0])])
     runs: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for batch_size in args.batch_sizes:
@@ -189,7 +178,7 @@ def run_batches(args: argparse.Namespace, model: torch.nn.Module, deadline: floa
         if runs and runs[-1]["total_s"] * batch_size / runs[-1]["batch_size"] > left:
             skipped.append({"batch_size": batch_size, "reason": "time budget (predicted)"})
             continue
-        backend = make_backend(model, args.device, batch_size, args.new_tokens)
+        backend = make_backend(model, batch_size, args.new_tokens)
         try:
             with _deadline(left):
                 runs.append(measure(backend, prompts[:batch_size], args.device))
