@@ -10,8 +10,9 @@ from pathlib import Path
 
 from dataset import DatasetError, load_dataset_frame
 from harness.evaluation.consolidation import ConsolidationError, collect_outputs, consolidate, read_run_outputs
+from harness.evaluation.inputs import dataset_or_demo, tokenizer_model_for
 from harness.evaluation.sentences import install_punkt_tab
-from harness.tokenizer import bundled_tokenizer_model, load_sentencepiece
+from harness.tokenizer import load_sentencepiece
 
 log = logging.getLogger("consolidate_results")
 
@@ -29,17 +30,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Path:
-    tokenizer_model = bundled_tokenizer_model()
-    if args.checkpoint_path is not None:
-        tokenizer_model = args.checkpoint_path / "tokenizer.model"
-        if not tokenizer_model.is_file():
-            raise ConsolidationError(f"--checkpoint-path {args.checkpoint_path}: no tokenizer.model in that folder")
-    dataset_path = args.dataset_path
-    if dataset_path is None:
-        from harness.demo import ensure_demo_assets
-
-        dataset_path = Path(ensure_demo_assets().dataset_path)
-    frame = load_dataset_frame(dataset_path)
+    try:
+        tokenizer_model = tokenizer_model_for(args.checkpoint_path)
+    except ValueError as exc:
+        raise ConsolidationError(str(exc)) from None
+    frame = load_dataset_frame(dataset_or_demo(args.dataset_path))
     outputs = collect_outputs(read_run_outputs(args.run_outputs), len(frame))
     install_punkt_tab()
     merged = consolidate(frame, outputs, load_sentencepiece(tokenizer_model), progress=not args.no_progress)

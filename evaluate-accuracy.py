@@ -15,6 +15,7 @@ from pathlib import Path
 from dataset import load_dataset_frame
 from harness.evaluation.accuracy import evaluate, mbxp_languages_to_run, samples_by_part
 from harness.evaluation.accuracy_log import DEFAULT_DTYPE, DTYPES, read_accuracy_log
+from harness.evaluation.inputs import dataset_or_demo, tokenizer_model_for
 from harness.evaluation.mbxp import SCORED_LANGUAGES, missing_toolchains
 from harness.evaluation.report import (
     accuracy_txt,
@@ -27,7 +28,7 @@ from harness.evaluation.report import (
 )
 from harness.evaluation.sentences import install_punkt_tab
 from harness.evaluation.targets import check_targets
-from harness.tokenizer import bundled_tokenizer_model, load_sentencepiece
+from harness.tokenizer import load_sentencepiece
 
 log = logging.getLogger("evaluate-accuracy")
 
@@ -56,17 +57,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 def resolve_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
     """(tokenizer.model, dataset pickle): the given ones, else the bundled tokenizer (the same
     file as Mixtral's) and the demo dataset."""
-    tokenizer_model = bundled_tokenizer_model()
-    if args.checkpoint_path is not None:
-        tokenizer_model = args.checkpoint_path / "tokenizer.model"
-        if not tokenizer_model.is_file():
-            raise UsageError(f"--checkpoint-path {args.checkpoint_path}: no tokenizer.model in that folder")
-    dataset_file = args.dataset_file
-    if dataset_file is None:
-        from harness.demo import ensure_demo_assets
-
-        dataset_file = Path(ensure_demo_assets().dataset_path)
-    return tokenizer_model, dataset_file
+    try:
+        return tokenizer_model_for(args.checkpoint_path), dataset_or_demo(args.dataset_file)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def validate_args(args: argparse.Namespace) -> list[str]:
