@@ -11,7 +11,6 @@ overrides (--target-qps, --min-query-count). Prints a table and the same figures
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import resource
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import main as harness_main
+from tools.results_output import emit_results
 
 log = logging.getLogger(__name__)
 
@@ -312,12 +312,7 @@ def cli(argv: list[str] | None = None) -> int:
     except harness_main.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return harness_main.EXIT_BAD_INPUT
-    print(render_table(results))
-    text = json.dumps(results, indent=2, sort_keys=True)
-    if results["config"]["output_json"]:
-        Path(results["config"]["output_json"]).write_text(text + "\n")
-    else:
-        print(text)
+    emit_results(results, render_table(results))
     return harness_main.EXIT_FAILED_RUN if results["failure"] else 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import multiprocessing
 import os
@@ -32,6 +31,7 @@ from typing import Any
 from tqdm import tqdm
 
 from harness.backend import DoneHandler, FirstTokenHandler, GenerationRequest
+from tools.results_output import emit_results
 
 log = logging.getLogger(__name__)
 
@@ -291,9 +291,4 @@ if __name__ == "__main__":
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_cli_args(cli)
     results = main(cli.parse_args())
-    print(render_table(results))
-    text = json.dumps(results, indent=2, sort_keys=True)
-    if results["config"]["output_json"]:
-        Path(results["config"]["output_json"]).write_text(text + "\n")
-    else:
-        print(text)
+    emit_results(results, render_table(results))
