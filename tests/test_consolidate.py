@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import subprocess
 import sys
@@ -20,16 +19,6 @@ from harness.tokenizer import bundled_tokenizer_model, load_sentencepiece, refer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSOLIDATE = ROOT / "consolidate_results.py"
-
-
-@pytest.fixture(scope="module")
-def frame(demo_assets) -> pd.DataFrame:
-    return pd.read_pickle(demo_assets.dataset_path)
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return {**os.environ, "MIXTRAL_HARNESS_NLTK_DATA": str(tmp_path_factory.mktemp("nltk_data"))}
 
 
 def write_journal(folder: Path, frame: pd.DataFrame, batch: int = 5, as_numpy: bool = True) -> Path:

@@ -23,16 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EVALUATE = ROOT / "evaluate-accuracy.py"
 
 
-@pytest.fixture(scope="module")
-def frame(demo_assets) -> pd.DataFrame:
-    return pd.read_pickle(demo_assets.dataset_path)
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return {**os.environ, "MIXTRAL_HARNESS_NLTK_DATA": str(tmp_path_factory.mktemp("nltk_data"))}
-
-
 def oracle_outputs(frame: pd.DataFrame) -> dict[int, list[int]]:
     """The reference model's answers (tok_ref_output) post-processed as the harness does."""
     return {i: postprocess_output(list(row.tok_ref_output),
