@@ -80,7 +80,6 @@ class MixtralDataset:
             _token_array(self.path, i, "tok_input", v) for i, v in enumerate(frame["tok_input"])
         ]
         self.dataset_names: list[str] = [str(name) for name in frame["dataset"]]
-        self.sample_ids: list[str] = [str(i) for i in frame["id"]]
         log.info("Loaded %d samples from %s", len(self), self.path)
 
     def __len__(self) -> int:

@@ -116,3 +116,11 @@ def test_read_accuracy_log_reads_loadgen_json(tmp_path: Path) -> None:
     path.write_text(json.dumps([_entry(0, [1, 2, 3]), _entry(1, [4])]), encoding="utf-8")
     log = read_accuracy_log(path, "int32", dataset_size=2, vocab_size=32000)
     assert log.outputs == {0: [1, 2, 3], 1: [4]}
+
+
+def test_token_count_mismatch_alone_is_scored_as_the_reference_does(tmp_path):
+    # The reference never reads token_count; only a length that fits another dtype is an error.
+    entry = {"seq_id": 0, "qsl_idx": 0, "data": encode_entry_data([5, 6, 7]), "token_count": 2}
+    path = tmp_path / "log.json"
+    path.write_text(json.dumps([entry]))
+    assert read_accuracy_log(path, "int32", dataset_size=1).outputs == {0: [5, 6, 7]}

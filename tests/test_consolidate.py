@@ -60,7 +60,7 @@ def test_consolidation_of_a_journal(demo_assets, frame: pd.DataFrame, env: dict[
         assert all(type(t) is int for t in row.gen_output_tok_id)
         assert row.gen_output_text == reference_decode(sp, expected_ids)
         assert row.gen_output_tok_len == len(expected_ids)
-        score = scorer.score(rouge_ready(frame.at[i, "ref_output"]), rouge_ready(row.gen_output_text))
+        score = scorer.score(rouge_ready(frame.at[i, "gt_output"]), rouge_ready(row.gen_output_text))
         assert (row.rouge1, row.rouge2, row.rougeL) == (score["rouge1"].fmeasure, score["rouge2"].fmeasure,
                                                         score["rougeL"].fmeasure)
     # The reference answers against themselves (MBXP ones cut at the stop sequence differ).

@@ -189,3 +189,16 @@ def test_real_demo_accuracy_run(evaluate: Run, env: dict[str, str], tmp_path: Pa
     results = results_of(evaluate(tmp_path / "mlperf_log_accuracy.json"))
     assert list(results) == list(RESULT_KEYS)
     assert results["gen_num"] >= 36
+
+
+def test_openorca_is_scored_against_gt_output_not_ref_output(frame):
+    from harness.evaluation.accuracy import score_openorca
+    from harness.evaluation.sentences import install_punkt_tab
+
+    install_punkt_tab()
+    orca = frame.index[frame["dataset"] == "OpenOrca"].tolist()
+    answers = {i: str(frame.at[i, "ref_output"]) for i in orca}
+    other_truth = frame.copy()
+    other_truth.loc[orca, "gt_output"] = "Completely unrelated words about sailing boats."
+    assert score_openorca(frame, orca, answers, progress=False)[0]["rouge1"] == 100.0  # demo: gt == ref
+    assert score_openorca(other_truth, orca, answers, progress=False)[0]["rouge1"] < 20

@@ -56,12 +56,13 @@ def mbxp_languages_to_run(frame: pd.DataFrame, indices: Sequence[int], skip: Col
 
 def score_openorca(frame: pd.DataFrame, indices: Sequence[int], texts: dict[int, str],
                    progress: bool) -> tuple[dict[str, float], list[str]]:
-    """ROUGE figures and the predictions as scored (for gen_len)."""
+    """ROUGE figures and the predictions as scored (for gen_len). The target is gt_output, the
+    dataset's original answer, as in the reference (ref_output is Mixtral's own answer)."""
     predictions, per_pair = [], []
     for i in tqdm(indices, desc="OpenOrca ROUGE", unit="sample", disable=not progress):
         prediction = rouge_ready(texts[i])
         predictions.append(prediction)
-        per_pair.append(rouge_pair(prediction, rouge_ready(str(frame.at[i, "ref_output"]))))
+        per_pair.append(rouge_pair(prediction, rouge_ready(str(frame.at[i, "gt_output"]))))
     return rouge_summary(per_pair), predictions
 
 

@@ -88,12 +88,13 @@ def consolidate(frame: pd.DataFrame, outputs: dict[int, list[int]], sp: spm.Sent
                 progress: bool = True) -> pd.DataFrame:
     """The dataset plus gen_output_tok_id, gen_output_text, gen_output_tok_len and each row's
     rouge1/rouge2/rougeL F-measure (0..1, not x100, as the reference's consolidation kept them)
-    against ref_output, both sides stripped and sentence-joined as in the evaluator."""
+    against gt_output (the target the evaluator scores against), both sides stripped and
+    sentence-joined as in the evaluator."""
     merged = frame.copy()
     tok_ids = [strip_trailing_eos(outputs[i]) for i in range(len(frame))]
     texts = [reference_decode(sp, ids) for ids in tok_ids]
     scores = [rouge_pair(rouge_ready(text), rouge_ready(str(ref)))
-              for text, ref in tqdm(zip(texts, frame["ref_output"], strict=True), total=len(texts),
+              for text, ref in tqdm(zip(texts, frame["gt_output"], strict=True), total=len(texts),
                                     desc="ROUGE per row", unit="row", disable=not progress)]
     merged["gen_output_tok_id"] = tok_ids
     merged["gen_output_text"] = texts

@@ -28,6 +28,3 @@ def check_targets(results: Mapping[str, float | int]) -> list[dict[str, object]]
                  "status": status})
     return rows
 
-
-def all_passed(rows: list[dict[str, object]]) -> bool:
-    return all(row["status"] == PASS for row in rows)
