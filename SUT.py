@@ -89,12 +89,13 @@ class _SUTBase:
 
     def issue_queries(self, samples: Sequence[lg.QuerySample]) -> None:
         # An exception escaping into loadgen kills the process later: fail the samples instead.
-        requests = [self.dataset.request(s.index, s.id) for s in samples]
-        self.sink.add(requests)
+        # The sink only needs ids to complete a sample, so it learns them before anything can fail.
+        self.sink.add([GenerationRequest(qsl_index=s.index, input_ids=(), query_id=s.id) for s in samples])
         try:
+            requests = [self.dataset.request(s.index, s.id) for s in samples]
             self._dispatch(self._replay_journal(requests))
         except Exception as exc:
-            self.sink.fail(f"could not issue queries: {exc!r}", requests)
+            self.sink.fail(f"could not issue queries: {exc!r}")
 
     def flush_queries(self) -> None:
         """Nothing is held back: every issued sample is already queued."""

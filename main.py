@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="accuracy runs: reuse answers journaled in <output-log-dir>/run_outputs/")
     p.add_argument("--watchdog-timeout", type=float, default=3600.0,
-                   help="seconds without any finished sample before the run is failed")
+                   help="seconds without any progress (a finished sample or, in Server, a first token) before "
+                        "the run is failed")
     p.add_argument("--no-length-sort", dest="sort_by_length", action="store_false",
                    help="Offline: batch samples in issue order instead of by prompt length")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per engine")
@@ -112,6 +113,9 @@ def validate(config: RunConfig) -> None:
             raise UsageError(f"{flag} must be at least 1, got {value}")
     if config.watchdog_timeout <= 0:
         raise UsageError(f"--watchdog-timeout must be positive, got {config.watchdog_timeout}")
+    if config.replicas > 1 and config.distributed_executor_backend == "ray":
+        raise UsageError("--replicas > 1 places engines on local GPUs; with --distributed-executor-backend ray "
+                         "use one replica (see docs/vllm.md)")
     if config.resume and not config.accuracy:
         raise UsageError("--resume reuses journaled answers, which only an --accuracy run may do")
     for flag, path in (("--user-conf", config.user_conf), ("--mlperf-conf", config.mlperf_conf),
@@ -186,7 +190,11 @@ def build_backends(config: RunConfig) -> list[GenerationBackend]:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if config.backend == "hf":
-        return [HFBackend.load(str(config.model_path), config.dtype, device, config.batch_size)]
+        try:
+            return [HFBackend.load(str(config.model_path), config.dtype, device, config.batch_size)]
+        except (OSError, ValueError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"{config.model_path}: cannot load the checkpoint ({first_line}) (--model-path)") from None
     if importlib.util.find_spec("vllm") is None:
         raise UsageError("--backend vllm: vLLM is not installed (bash tools/install_vllm_cpu.sh, or pip install "
                          "vllm on GPUs)")
@@ -196,9 +204,12 @@ def build_backends(config: RunConfig) -> list[GenerationBackend]:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from harness.vllm_backend import build_vllm_backends
 
-    return build_vllm_backends(str(config.model_path), config.dtype, config.tensor_parallel_size,
-                               config.replicas, pipeline_parallel_size=config.pipeline_parallel_size,
-                               distributed_executor_backend=config.distributed_executor_backend)
+    try:
+        return build_vllm_backends(str(config.model_path), config.dtype, config.tensor_parallel_size,
+                                   config.replicas, pipeline_parallel_size=config.pipeline_parallel_size,
+                                   distributed_executor_backend=config.distributed_executor_backend)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 @dataclass
@@ -267,6 +278,10 @@ def report(outcome: RunOutcome) -> int:
         print("  (demo figures: a tiny model, not Mixtral-8x7B)")
     if outcome.sut.failure is not None:
         print(f"error: the run failed: {outcome.sut.failure}", file=sys.stderr)
+        return EXIT_FAILED_RUN
+    if outcome.detail.get("num_errors", 0):
+        print(f"error: loadgen logged {outcome.detail['num_errors']} error(s); see mlperf_log_detail.txt",
+              file=sys.stderr)
         return EXIT_FAILED_RUN
     if not outcome.workers_ended:
         print("error: a worker did not stop after the test ended", file=sys.stderr)

@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from harness.tokenizer import EOS_ID as EOS_ID  # re-exported: the id every backend pads and stops with
+
 MIN_NEW_TOKENS = 2
 MAX_NEW_TOKENS = 1024
-EOS_ID = 2
 MBXP_STOP_IDS = (13, 13940, 28832, 13)  # "\n```\n"
 
 
