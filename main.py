@@ -163,11 +163,15 @@ def build_settings(config: RunConfig) -> lg.TestSettings:
     settings.scenario = SCENARIOS[config.scenario]
     settings.mode = lg.TestMode.AccuracyOnly if config.accuracy else lg.TestMode.PerformanceOnly
     user_conf = config.user_conf or ROOT / "user.conf"
-    if config.mlperf_conf is not None:
-        with tempfile.NamedTemporaryFile("w", suffix=".conf") as empty_conf:
-            _apply_conf(settings, Path(empty_conf.name), config.scenario, 1)
-        _apply_conf(settings, config.mlperf_conf, config.scenario, 2)
-    _apply_conf(settings, user_conf, config.scenario, 1)
+    if config.mlperf_conf is None:
+        _apply_conf(settings, user_conf, config.scenario, 1)
+        return settings
+    # A second conf_type=1 call would log "Multiple conf files are used" as an error: the
+    # embedded file comes with an empty user.conf, then both files are read as conf_type=2.
+    with tempfile.NamedTemporaryFile("w", suffix=".conf") as empty_conf:
+        _apply_conf(settings, Path(empty_conf.name), config.scenario, 1)
+    _apply_conf(settings, config.mlperf_conf, config.scenario, 2)
+    _apply_conf(settings, user_conf, config.scenario, 2)
     return settings
 
 
