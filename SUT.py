@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import mlperf_loadgen as lg
 
 from dataset import MixtralDataset
-from harness.backend import GenerationBackend, GenerationRequest
+from harness.backend import EOS_ID, GenerationBackend, GenerationRequest
 from harness.completion import CompletionSink
 from harness.journal import Journal
 
@@ -124,7 +124,7 @@ class _SUTBase:
             if answer is None:
                 remaining.append(request)
             else:
-                self.sink.finish(request, answer, answer[0] if answer else 2)
+                self.sink.finish(request, answer, answer[0] if answer else EOS_ID)
         return remaining
 
     def _fail_remaining_work(self) -> None:
