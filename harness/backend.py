@@ -60,6 +60,13 @@ class GenerationBackend(Protocol):
         queue and everything in flight is done. Handlers run on the calling thread."""
         ...
 
+    def abort(self) -> None:
+        """Stop generating as soon as the current engine step (static batches: the current batch)
+        ends: running generate() and serve() calls return promptly, without handing over the
+        requests they had not finished. Called from another thread (Ctrl-C); idempotent; the
+        backend is not used again afterwards."""
+        ...
+
     def close(self) -> None:
         """Release what the backend holds outside this process (engine processes)."""
         ...

@@ -17,14 +17,24 @@ def strip_trailing(ids: Sequence[int]) -> list[int]:
 
 def cut_after_stop(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
     """Keep everything up to and including the first occurrence of stop_ids."""
-    n = len(stop_ids)
-    if n:
-        for start in range(len(ids) - n + 1):
-            if list(ids[start:start + n]) == list(stop_ids):
-                return list(ids[:start + n])
-    return list(ids)
+    end = find_stop_end(ids, stop_ids)
+    return list(ids if end is None else ids[:end])
 
 
 def postprocess_output(ids: Sequence[int], stop_ids: Sequence[int] = ()) -> list[int]:
     """The reference's order: trailing EOS/<unk> first, then (MBXP rows) the stop-sequence cut."""
     return cut_after_stop(strip_trailing(ids), stop_ids)
+
+
+def find_stop_end(ids: Sequence[int], stop_ids: Sequence[int], start: int = 0) -> int | None:
+    """Length of ids up to and including the first occurrence of stop_ids that ends at or after
+    position `start` (the first new id), or None. Checking from `start` keeps the cost per step
+    proportional to the new ids, and still finds a stop that straddles earlier ids."""
+    n = len(stop_ids)
+    if not n:
+        return None
+    target = list(stop_ids)
+    for end in range(max(start + 1, n), len(ids) + 1):
+        if list(ids[end - n:end]) == target:
+            return end
+    return None

@@ -29,6 +29,7 @@ from harness.backend import (
     FirstTokenHandler,
     GenerationRequest,
 )
+from harness.postprocess import find_stop_end
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -44,20 +45,6 @@ DEFAULT_MAX_MODEL_LEN = MAX_INPUT_TOKENS + MAX_NEW_TOKENS
 class _InFlight:
     request: GenerationRequest
     ids: list[int] = field(default_factory=list)
-
-
-def find_stop_end(ids: Sequence[int], stop_ids: Sequence[int], start: int = 0) -> int | None:
-    """Length of ids up to and including the first occurrence of stop_ids that ends at or after
-    position `start` (the first new id), or None. Checking from `start` keeps the cost per step
-    proportional to the new ids, and still finds a stop that straddles earlier ids."""
-    n = len(stop_ids)
-    if not n:
-        return None
-    target = list(stop_ids)
-    for end in range(max(start + 1, n), len(ids) + 1):
-        if list(ids[end - n:end]) == target:
-            return end
-    return None
 
 
 class VllmBackend:

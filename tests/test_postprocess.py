@@ -1,5 +1,5 @@
 from harness.backend import MBXP_STOP_IDS
-from harness.postprocess import cut_after_stop, postprocess_output, strip_trailing
+from harness.postprocess import cut_after_stop, find_stop_end, postprocess_output, strip_trailing
 
 STOP = list(MBXP_STOP_IDS)
 
@@ -52,3 +52,12 @@ def test_stop_sequence_ignored_for_non_mbxp_rows():
 def test_trailing_strip_happens_before_stop_cut():
     # The stop sequence followed by EOS then the stop ids' prefix: strip first, cut second.
     assert postprocess_output([4] + STOP + [2, 13, 2], STOP) == [4] + STOP
+
+
+def test_find_stop_end():
+    assert find_stop_end([5, *STOP, 7, *STOP], STOP) == 5
+    assert find_stop_end([5, 6, 7], STOP) is None
+    assert find_stop_end([5, 6], ()) is None
+    # Only stops ending at or after `start` count: the loop checks each step's new ids once.
+    assert find_stop_end([*STOP, 9, *STOP], STOP, start=5) == 9
+    assert find_stop_end([9, 13, 13940, 28832, 13], STOP, start=4) == 5  # straddles old and new ids

@@ -15,8 +15,8 @@ from transformers import MixtralForCausalLM, StoppingCriteria, StoppingCriteriaL
 
 from dataset import MixtralDataset
 from harness.backend import EOS_ID, MAX_NEW_TOKENS, MIN_NEW_TOKENS, GenerationRequest
-from harness.postprocess import cut_after_stop, postprocess_output
-from harness.vllm_backend import build_vllm_backends, find_stop_end
+from harness.postprocess import cut_after_stop, find_stop_end, postprocess_output
+from harness.vllm_backend import build_vllm_backends
 
 TIE_TOLERANCE = 1e-4  # logit gap under which two tokens are a tie that float rounding may break either way
 STOP = (13, 13940, 28832, 13)
@@ -200,14 +200,6 @@ def test_too_long_prompt_names_max_model_len(engine):
     with pytest.raises(ValueError, match="max_model_len"):
         engine.generate([GenerationRequest(0, [1] * engine.max_model_len)])
 
-
-def test_find_stop_end():
-    assert find_stop_end([5, *STOP, 7, *STOP], STOP) == 5
-    assert find_stop_end([5, 6, 7], STOP) is None
-    assert find_stop_end([5, 6], ()) is None
-    # Only stops ending at or after `start` count: the loop checks each step's new ids once.
-    assert find_stop_end([*STOP, 9, *STOP], STOP, start=5) == 9
-    assert find_stop_end([9, 13, 13940, 28832, 13], STOP, start=4) == 5  # straddles old and new ids
 
 
 def test_replica_arguments_are_checked_before_any_engine_starts():
