@@ -1,0 +1,345 @@
+"""Endpoint backend: the GenerationBackend protocol over one or many OpenAI-compatible servers.
+
+Every request streams from the least-busy server (fewest answers in flight; ties go to the one
+picked longest ago), at most `concurrency` per server. The asyncio event loop runs on the thread
+that called generate() or serve(), so every handler runs there too: a sample's first token and
+its completion reach loadgen from one thread, as loadgen requires. Threads sharing the backend
+take turns, one loop at a time. The MBXP stop ids are matched here, as the in-process backends
+do; on a match the stream is closed, which makes the server abort the request.
+
+Any server failure fails the whole call with one EndpointError (its message names the server);
+the requests still in flight are cancelled and their streams closed, and the SUT completes the
+samples as failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import queue
+import resource
+import threading
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import httpx
+
+from harness.backend import MAX_NEW_TOKENS, MIN_NEW_TOKENS, DoneHandler, FirstTokenHandler, GenerationRequest
+from harness.endpoint import Endpoint, EndpointError, completion_body, http_client, normalize_url
+from harness.postprocess import find_stop_end
+from harness.tokenizer import BOS_ID
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 1024  # per server: vLLM's batch size on H100/H200, so Offline keeps it full
+FEED_POLL_S = 0.1  # how often a serve loop's queue reader checks that the loop still runs
+FILES_PER_PROCESS = 64  # open files besides the connections (logs, journal, libraries)
+
+T = TypeVar("T")
+
+
+def least_busy(in_flight: Sequence[int], last_pick: Sequence[int]) -> int:
+    """Index of the server with the fewest answers in flight; on a tie, the one picked longest ago
+    (so that a light load is spread too)."""
+    return min(range(len(in_flight)), key=lambda i: (in_flight[i], last_pick[i]))
+
+
+class Router:
+    """Slots on the servers for one event loop: a bound per server, least-busy choice."""
+
+    def __init__(self, endpoints: Sequence[Endpoint], concurrency: int, sent: Counter[str]) -> None:
+        self._endpoints = list(endpoints)
+        self._slots = asyncio.Semaphore(concurrency * len(endpoints))
+        self._in_flight = [0] * len(endpoints)
+        self._last_pick = [-1] * len(endpoints)
+        self._picks = itertools.count()
+        self._sent = sent
+
+    async def acquire(self) -> int:
+        # A free slot overall means a server below its bound: the least-busy one is below it.
+        await self._slots.acquire()
+        index = least_busy(self._in_flight, self._last_pick)
+        self._in_flight[index] += 1
+        self._last_pick[index] = next(self._picks)
+        self._sent[self._endpoints[index].url] += 1
+        return index
+
+    def release(self, index: int) -> None:
+        self._in_flight[index] -= 1
+        self._slots.release()
+
+
+class OpenAIBackend:
+    """Generation on OpenAI-compatible servers (vLLM, or any that streams token ids)."""
+
+    continuous_batching = True  # the servers schedule: give them everything at once
+
+    def __init__(self, endpoints: Sequence[Endpoint], model: str, concurrency: int = DEFAULT_CONCURRENCY) -> None:
+        if concurrency < 1:
+            raise ValueError(f"--api-concurrency must be at least 1, got {concurrency}")
+        self.endpoints = list(endpoints)
+        self.model = model
+        self.concurrency = concurrency
+        self.sent: Counter[str] = Counter()  # requests sent, per server URL
+        self._turn = threading.Lock()  # one event loop at a time
+        self._state = threading.Lock()  # guards _aborted and _cancel
+        self._aborted = False
+        self._cancel: Callable[[], None] | None = None
+
+    # --- the protocol ------------------------------------------------------------------------
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_first_token: FirstTokenHandler | None = None,
+        on_done: DoneHandler | None = None,
+    ) -> list[list[int]]:
+        """Every request at once, `concurrency` per server in flight. After abort() the answers
+        not finished are empty."""
+        answers: list[list[int]] = [[] for _ in requests]
+
+        async def answer(client: httpx.AsyncClient, router: Router, position: int) -> None:
+            request = requests[position]
+            answers[position] = await self._answer(client, router, request, on_first_token)
+            if on_done is not None:
+                on_done(request, answers[position])
+
+        async def run(client: httpx.AsyncClient, router: Router) -> None:
+            async with asyncio.TaskGroup() as group:
+                for position in range(len(requests)):
+                    group.create_task(answer(client, router, position))
+
+        self._run_loop(run)
+        return answers
+
+    def serve(
+        self,
+        requests: queue.Queue[GenerationRequest | None],
+        on_first_token: FirstTokenHandler,
+        on_done: DoneHandler,
+    ) -> None:
+        """Send each request as it arrives, until a None is taken and every answer is in. Several
+        serving threads may share one queue (one None each); anything after this loop's None
+        stays in the queue."""
+
+        async def answer(client: httpx.AsyncClient, router: Router, request: GenerationRequest) -> None:
+            on_done(request, await self._answer(client, router, request, on_first_token))
+
+        async def run(client: httpx.AsyncClient, router: Router) -> None:
+            arrivals: asyncio.Queue[GenerationRequest | None] = asyncio.Queue()
+            stop = threading.Event()
+            reader = threading.Thread(target=_read_queue, args=(requests, asyncio.get_running_loop(), arrivals, stop),
+                                      name="openai-queue-reader", daemon=True)
+            reader.start()
+            try:
+                async with asyncio.TaskGroup() as group:
+                    while (request := await arrivals.get()) is not None:
+                        group.create_task(answer(client, router, request))
+            finally:
+                stop.set()
+                reader.join()  # at most FEED_POLL_S: it must not take items meant for another loop
+
+        self._run_loop(run)
+
+    def abort(self) -> None:
+        """Cancel the running loop (its streams close, so the servers abort their requests); the
+        running generate()/serve() returns without handing over unfinished answers."""
+        with self._state:
+            self._aborted = True
+            cancel = self._cancel
+        if cancel is not None:
+            cancel()
+
+    def close(self) -> None:
+        """Nothing to release: connections live only as long as one generate/serve call."""
+        for url, count in sorted(self.sent.items()):
+            logger.info("%s: %d requests", url, count)
+
+    # --- the loop ----------------------------------------------------------------------------
+    def _run_loop(self, work: Callable[[httpx.AsyncClient, Router], Awaitable[None]]) -> None:
+        """Run `work` in a new event loop on this thread; return quietly after abort(); raise a
+        failure as itself (the first one), not as an exception group."""
+        with self._turn:
+            try:
+                asyncio.run(self._abortable(work))
+            except asyncio.CancelledError:
+                if not self._aborted:
+                    raise
+            except BaseExceptionGroup as group:
+                raise _first_error(group) from None
+
+    async def _abortable(self, work: Callable[[httpx.AsyncClient, Router], Awaitable[None]]) -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        with self._state:
+            if self._aborted:
+                return
+            self._cancel = lambda: loop.call_soon_threadsafe(task.cancel)
+        try:
+            async with http_client(self.concurrency * len(self.endpoints)) as client:
+                await work(client, Router(self.endpoints, self.concurrency, self.sent))
+        finally:
+            with self._state:
+                self._cancel = None
+
+    async def _answer(self, client: httpx.AsyncClient, router: Router, request: GenerationRequest,
+                      on_first_token: FirstTokenHandler | None) -> list[int]:
+        """One answer, streamed from the least-busy server: raw ids, cut right after the stop ids."""
+        index = await router.acquire()
+        endpoint = self.endpoints[index]
+        try:
+            label = f"sample {request.qsl_index}"
+            check_fits(endpoint, request)
+            body = completion_body(self.model, request.input_ids, MAX_NEW_TOKENS, MIN_NEW_TOKENS)
+            ids: list[int] = []
+            async with contextlib.aclosing(endpoint.stream_ids(client, body, label)) as stream:
+                async for new_ids in stream:
+                    if not ids and on_first_token is not None:
+                        on_first_token(request, new_ids[0])
+                    seen = len(ids)
+                    ids.extend(new_ids)
+                    stop_end = find_stop_end(ids, request.stop_ids, start=seen)
+                    if stop_end is not None:
+                        # The reference keeps the stop ids; leaving the stream closes it.
+                        del ids[stop_end:]
+                        break
+            return ids
+        finally:
+            router.release(index)
+
+
+def check_fits(endpoint: Endpoint, request: GenerationRequest) -> None:
+    """Refuse a prompt the server would silently give fewer than MAX_NEW_TOKENS new tokens."""
+    needed = len(request.input_ids) + MAX_NEW_TOKENS
+    if endpoint.max_model_len is not None and needed > endpoint.max_model_len:
+        raise endpoint.error(f"sample {request.qsl_index}: {len(request.input_ids)} input + {MAX_NEW_TOKENS} new "
+                             f"tokens exceed its max_model_len {endpoint.max_model_len} (serve with --max-model-len "
+                             f"{needed} or more)")
+
+
+def _read_queue(requests: queue.Queue, loop: asyncio.AbstractEventLoop, arrivals: asyncio.Queue,
+                stop: threading.Event) -> None:
+    """Move arrivals from the SUT's queue into the loop, up to and including a None. A blocking
+    get returns as soon as a query arrives; the timeout only lets the thread see `stop`."""
+    while not stop.is_set():
+        try:
+            item = requests.get(timeout=FEED_POLL_S)
+        except queue.Empty:
+            continue
+        try:
+            loop.call_soon_threadsafe(arrivals.put_nowait, item)
+        except RuntimeError:  # the loop ended (a failure): the SUT fails what is outstanding
+            return
+        if item is None:
+            return
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first failure of a task group, preferring a server's error over what it caused."""
+    leaves = list(_leaves(group))
+    return next((e for e in leaves if isinstance(e, EndpointError)), leaves[0])
+
+
+def _leaves(error: BaseException):
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
+# --- building --------------------------------------------------------------------------------
+def choose_model(server: str, served: Sequence[str], requested: str | None) -> str:
+    """The model to ask one server for: the one named, or the only one it serves."""
+    if requested is not None:
+        if requested not in served:
+            raise EndpointError(server, f"does not serve model {requested!r} (--api-model-name); it serves "
+                                        f"{', '.join(map(repr, served)) or 'no model'}")
+        return requested
+    if len(served) != 1:
+        raise EndpointError(server, f"serves {len(served)} models ({', '.join(map(repr, served))}): name one with "
+                                    f"--api-model-name")
+    return served[0]
+
+
+async def _resolve(endpoints: Sequence[Endpoint], requested: str | None, client: httpx.AsyncClient) -> str:
+    """The one model name every server serves; sets each endpoint's max_model_len."""
+    listings = await asyncio.gather(*(e.served_models(client) for e in endpoints))
+    names = []
+    for endpoint, entries in zip(endpoints, listings, strict=True):
+        name = choose_model(endpoint.url, [str(entry.get("id")) for entry in entries], requested)
+        entry = next(entry for entry in entries if str(entry.get("id")) == name)
+        endpoint.max_model_len = entry.get("max_model_len") if isinstance(entry.get("max_model_len"), int) else None
+        names.append(name)
+    if len(set(names)) > 1:
+        served = ", ".join(f"{name!r} at {e.url}" for name, e in zip(names, endpoints, strict=True))
+        raise EndpointError(endpoints[0].url, f"the servers serve different models ({served}): name one with "
+                                              f"--api-model-name")
+    return names[0]
+
+
+async def _probe(endpoint: Endpoint, model: str, client: httpx.AsyncClient) -> None:
+    """A two-token completion through the same streaming path: the server takes token-id prompts,
+    greedy settings, min_tokens, and returns token ids."""
+    body = completion_body(model, [BOS_ID], max_tokens=MIN_NEW_TOKENS, min_tokens=MIN_NEW_TOKENS)
+    async with contextlib.aclosing(endpoint.stream_ids(client, body, "start-up check")) as stream:
+        async for _ in stream:
+            pass
+
+
+def _run_sync(work: Callable[[httpx.AsyncClient], Awaitable[T]], connections: int) -> T:
+    async def run() -> T:
+        async with http_client(connections) as client:
+            return await work(client)
+
+    return asyncio.run(run())
+
+
+def served_model_name(servers: Sequence[str], model_name: str | None = None) -> str:
+    """The model the flags select on these servers (--api-model-name, or the only one served);
+    raises EndpointError naming the server that cannot serve it, ValueError for a bad URL."""
+    endpoints = [Endpoint(url) for url in servers]
+    return _run_sync(lambda client: _resolve(endpoints, model_name, client), len(endpoints))
+
+
+def raise_open_files_limit(needed: int) -> None:
+    """One connection per answer in flight: lift the soft limit on open files as far as needed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise ValueError(f"--api-concurrency: {needed} open files needed, the limit is {hard} (ulimit -n); "
+                             f"lower --api-concurrency")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def check_api_flags(backend: str, servers: Sequence[str] | None, model_name: str | None) -> None:
+    """The endpoint flags, before anything starts; ValueError naming the flag."""
+    if backend != "openai":
+        if servers or model_name:
+            raise ValueError("--api-server and --api-model-name are for --backend openai")
+        return
+    if not servers:
+        raise ValueError("--backend openai needs --api-server URL (a running OpenAI-compatible server)")
+    urls = [normalize_url(url) for url in servers]
+    if len(set(urls)) < len(urls):
+        raise ValueError("--api-server: the same server is given twice")
+
+
+def build_openai_backend(servers: Sequence[str], model_name: str | None = None,
+                         concurrency: int = DEFAULT_CONCURRENCY) -> OpenAIBackend:
+    """Check every server before the run (reachable, serves the model, streams token ids) and
+    return the backend over all of them. Raises EndpointError or ValueError, one line each."""
+    check_api_flags("openai", servers, model_name)
+    endpoints = [Endpoint(url) for url in servers]
+    raise_open_files_limit(concurrency * len(endpoints) + FILES_PER_PROCESS)
+
+    async def check(client: httpx.AsyncClient) -> str:
+        model = await _resolve(endpoints, model_name, client)
+        await asyncio.gather(*(_probe(e, model, client) for e in endpoints))
+        return model
+
+    model = _run_sync(check, len(endpoints))
+    logger.info("Serving model %r from %s", model, ", ".join(e.url for e in endpoints))
+    return OpenAIBackend(endpoints, model, concurrency)
