@@ -19,6 +19,8 @@ from pathlib import Path
 import mlperf_loadgen as lg
 
 from harness.backend import GenerationBackend
+from harness.endpoint import EndpointError
+from harness.openai_backend import DEFAULT_CONCURRENCY, build_openai_backend, check_api_flags
 
 log = logging.getLogger("main")
 
@@ -58,6 +60,9 @@ class RunConfig:
     pipeline_parallel_size: int
     replicas: int
     distributed_executor_backend: str | None
+    api_server: list[str] | None
+    api_model_name: str | None
+    api_concurrency: int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype the model is loaded in")
     p.add_argument("--device", default="auto",
                    help="cpu, cuda (layers spread over all visible GPUs), cuda:N, or auto (cuda if available)")
-    p.add_argument("--backend", choices=("hf", "vllm"), default="hf",
-                   help="hf: transformers generate, the reference path; vllm: continuous batching")
+    p.add_argument("--backend", choices=("hf", "vllm", "openai"), default="hf",
+                   help="hf: transformers generate, the reference path; vllm: continuous batching; openai: "
+                        "OpenAI-compatible servers (--api-server)")
     p.add_argument("--audit-conf", type=Path,
                    help="compliance audit.config to apply (a stray audit.config in the working folder is ignored)")
     p.add_argument("--user-conf", type=Path,
@@ -97,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=1, help="vllm: data-parallel engines, fed from one queue")
     p.add_argument("--distributed-executor-backend", choices=("mp", "ray"),
                    help="vllm: ray to span machines of a Ray cluster (see docs/vllm.md)")
+    p.add_argument("--api-server", action="append", metavar="URL",
+                   help="openai: a server's URL, e.g. http://127.0.0.1:8000; repeat it to share the load (API key: "
+                        "the OPENAI_API_KEY environment variable)")
+    p.add_argument("--api-model-name", help="openai: the served model to ask for (default: the one model listed)")
+    p.add_argument("--api-concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                   help="openai: answers in flight per server (Offline keeps this many)")
     return p
 
 
@@ -108,7 +120,8 @@ def validate(config: RunConfig) -> None:
     """Cheap checks before any model or dataset is loaded."""
     for flag, value in (("--total-sample-count", config.total_sample_count), ("--batch-size", config.batch_size),
                         ("--num-workers", config.num_workers), ("--tensor-parallel-size", config.tensor_parallel_size),
-                        ("--pipeline-parallel-size", config.pipeline_parallel_size), ("--replicas", config.replicas)):
+                        ("--pipeline-parallel-size", config.pipeline_parallel_size), ("--replicas", config.replicas),
+                        ("--api-concurrency", config.api_concurrency)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
     if config.watchdog_timeout <= 0:
@@ -116,6 +129,10 @@ def validate(config: RunConfig) -> None:
     if config.replicas > 1 and config.distributed_executor_backend == "ray":
         raise UsageError("--replicas > 1 places engines on local GPUs; with --distributed-executor-backend ray "
                          "use one replica (see docs/vllm.md)")
+    try:
+        check_api_flags(config.backend, config.api_server, config.api_model_name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if config.resume and not config.accuracy:
         raise UsageError("--resume reuses journaled answers, which only an --accuracy run may do")
     for flag, path in (("--user-conf", config.user_conf), ("--mlperf-conf", config.mlperf_conf),
@@ -128,9 +145,14 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"--device {config.device}: use cpu, cuda, cuda:N or auto")
 
 
+def uses_demo(model_path: Path | None, dataset_path: Path | None, backend: str) -> bool:
+    """The demo fills an absent dataset or model; the endpoint backend's model lives on its servers."""
+    return dataset_path is None or (model_path is None and backend != "openai")
+
+
 def with_demo_assets(config: RunConfig) -> tuple[RunConfig, bool]:
     """Fill absent model/dataset paths with the demo assets (built on first use)."""
-    if config.model_path is not None and config.dataset_path is not None:
+    if not uses_demo(config.model_path, config.dataset_path, config.backend):
         return config, False
     from harness.demo import ensure_demo_assets
 
@@ -187,6 +209,11 @@ def build_log_settings(config: RunConfig) -> lg.LogSettings:
 
 
 def build_backends(config: RunConfig) -> list[GenerationBackend]:
+    if config.backend == "openai":  # before torch is imported: the endpoint backend needs none
+        try:
+            return [build_openai_backend(config.api_server, config.api_model_name, config.api_concurrency)]
+        except (EndpointError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
     from harness.hf_backend import HFBackend, resolve_device
 
     try:

@@ -17,6 +17,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -126,7 +127,7 @@ def base_user_conf(args: argparse.Namespace) -> Path:
     """The user.conf main.py would use for these flags."""
     if args.user_conf is not None:
         return args.user_conf
-    demo = args.model_path is None or args.dataset_path is None
+    demo = harness_main.uses_demo(args.model_path, args.dataset_path, args.backend)
     return harness_main.DEMO_USER_CONF if demo else harness_main.ROOT / "user.conf"
 
 
@@ -200,6 +201,8 @@ def collect_metrics(outcome: harness_main.RunOutcome, setup_s: float) -> dict[st
         figures.update(asdict(server_latency_metrics(outcome.detail)))
     if all(hasattr(b, "padding") for b in outcome.backends):
         figures.update(asdict(padding_metrics(outcome.backends)))
+    if all(hasattr(b, "sent") for b in outcome.backends):  # the endpoint backend: how the load was spread
+        figures["requests_per_server"] = dict(sum((b.sent for b in outcome.backends), Counter()))
     figures["result_validity"] = str(outcome.detail.get("result_validity", "missing"))
     figures["num_errors"] = int(outcome.detail.get("num_errors", -1))
     return figures
@@ -277,6 +280,7 @@ TABLE_ROWS = (  # (key, label, format); rows whose key a run lacks are left out
     ("harness_share_pct", "Harness share (%)", "{:.2f}"),
     ("prompt_padding_waste_pct", "Prompt padding waste (%)", "{:.1f}"),
     ("generated_padding_waste_pct", "Generated padding waste (%)", "{:.1f}"),
+    ("requests_per_server", "Requests per server", "{}"),
     ("peak_rss_mb", "Peak RSS (MB)", "{:.0f}"),
     ("cuda_max_memory_allocated_mb", "CUDA max allocated (MB)", "{:.0f}"),
     ("target_qps", "Target QPS", "{:g}"),
