@@ -9,12 +9,24 @@ import pandas as pd
 import pytest
 
 from harness.demo import DemoAssets, ensure_demo_assets
+from tests.run_helpers import answers_by_index, run_main
 
 
 @pytest.fixture(scope="session")
 def demo_assets() -> DemoAssets:
     """The cached demo assets, built on first use (a couple of minutes on two CPU cores)."""
     return ensure_demo_assets()
+
+
+@pytest.fixture(scope="session")
+def hf_offline_answers(tmp_path_factory: pytest.TempPathFactory, demo_assets: DemoAssets) -> dict[int, list[int]]:
+    """The HF backend's answers on every demo row (an Offline accuracy run of main.py), which the
+    other backends must equal token for token."""
+    out = tmp_path_factory.mktemp("hf_offline")
+    result = run_main("--scenario", "Offline", "--accuracy", "--batch-size", "8", "--output-log-dir", str(out),
+                      cwd=out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return answers_by_index(out)
 
 
 @pytest.fixture(scope="module")

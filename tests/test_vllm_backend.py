@@ -7,7 +7,6 @@ without vLLM installed; the others skip.
 import os
 import queue
 import threading
-import time
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from dataset import MixtralDataset
 from harness.backend import EOS_ID, MAX_NEW_TOKENS, MIN_NEW_TOKENS, GenerationRequest
 from harness.postprocess import cut_after_stop, find_stop_end, postprocess_output
 from harness.vllm_backend import build_vllm_backends
+from tests.serve_checks import LEFT_OVER, serve_in_two_waves
 
 TIE_TOLERANCE = 1e-4  # logit gap under which two tokens are a tie that float rounding may break either way
 STOP = (13, 13940, 28832, 13)
@@ -124,29 +124,13 @@ def test_generation_stops_at_the_first_stop_occurrence(engine, requests_, vllm_a
 
 
 def test_serve_streams_first_tokens_on_the_completing_thread(engine, requests_):
-    arrivals: queue.Queue = queue.Queue()
-    first, done = {}, {}
-    half = len(requests_) // 2
-    for request in requests_[:half]:
-        arrivals.put(request)
-
-    def arrive_later():  # the rest come while the first ones are in flight
-        time.sleep(0.5)
-        for request in requests_[half:]:
-            arrivals.put(request)
-        arrivals.put(None)
-
-    feeder = threading.Thread(target=arrive_later)
-    feeder.start()
-    engine.serve(arrivals,
-                 lambda r, token: first.setdefault(r.qsl_index, (token, threading.get_ident())),
-                 lambda r, ids: done.setdefault(r.qsl_index, (ids, threading.get_ident())))
-    feeder.join()
+    first, done, arrivals = serve_in_two_waves(engine, requests_)
 
     assert sorted(done) == sorted(first) == [r.qsl_index for r in requests_]
     for index, (ids, thread) in done.items():
         assert first[index] == (ids[0], thread)
         assert thread == threading.get_ident()
+    assert arrivals.get_nowait() == LEFT_OVER
 
 
 def test_serve_takes_no_more_requests_than_it_can_batch(engine, requests_, monkeypatch):

@@ -28,15 +28,6 @@ def fast_conf(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def hf_offline_answers(tmp_path_factory, demo_assets):
-    out = tmp_path_factory.mktemp("hf_offline")
-    result = run_main("--scenario", "Offline", "--accuracy", "--batch-size", "8", "--output-log-dir", str(out),
-                      cwd=out)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return answers_by_index(out)
-
-
 def test_offline_performance_run_is_valid(tmp_path, demo_assets):
     run_vllm("--scenario", "Offline", "--output-log-dir", str(tmp_path), cwd=tmp_path)
     figures = detail(tmp_path)
