@@ -1,0 +1,316 @@
+"""The endpoint backend against real `vllm serve` processes of the demo model (one for the module,
+a second for the two-server run and the mid-run kill): in-process generate/serve/abort, loadgen
+runs of main.py, and its failures (an unreachable server, a wrong model name or key, a server
+without token ids, an HTTP error, a stream cut short, a server killed mid-run, then --resume)."""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from dataset import MixtralDataset
+from harness.backend import GenerationRequest
+from harness.openai_backend import build_openai_backend
+from harness.postprocess import cut_after_stop
+from tests.endpoint_servers import (
+    API_KEY,
+    MODEL_NAME,
+    FaultyProxy,
+    completion_posts,
+    demo_server,
+    metric,
+    settled_metric,
+)
+from tests.run_helpers import ROOT, accuracy_entries, answers_by_index, detail, ids_of, run_main
+from tests.serve_checks import LEFT_OVER, serve_in_two_waves
+from tests.test_benchmark_tools import run_benchmark
+from tests.test_harness_failures import assert_one_line_error
+from tools.vllm_server import free_port
+
+pytest.importorskip("vllm")
+pytest.importorskip("aiohttp")
+
+QUICK = 120  # seconds: a failure must end well within this (the watchdog's default is an hour)
+# Short runs that still load the servers: Server queries arrive faster than the demo's 2 QPS, and
+# Server performance runs stop at 100 queries (the figures are not what these tests check).
+FAST_CONF = (ROOT / "user-demo.conf").read_text() + "".join(
+    f"mixtral-8x7b.Server.{key}\n" for key in ("target_qps = 20", "min_query_count = 100"))
+SLOW_SERVER_CONF = (ROOT / "user-demo.conf").read_text() + "mixtral-8x7b.Server.target_qps = 4\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def api_key():
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OPENAI_API_KEY", API_KEY)
+        yield
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_assets):
+    with demo_server(demo_assets.model_dir, tmp_path_factory.mktemp("vllm") / "server.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def second_server(tmp_path_factory, demo_assets):
+    """For the two-server run, then killed by the mid-run failure test."""
+    with demo_server(demo_assets.model_dir, tmp_path_factory.mktemp("vllm2") / "server.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def confs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("conf")
+    (folder / "fast.conf").write_text(FAST_CONF)
+    (folder / "slow.conf").write_text(SLOW_SERVER_CONF)
+    return {"fast": str(folder / "fast.conf"), "slow": str(folder / "slow.conf")}
+
+
+def run_openai(*flags: str, servers, cwd, timeout: float = 900) -> subprocess.CompletedProcess:
+    api = [flag for server in servers for flag in ("--api-server", server.url if hasattr(server, "url") else server)]
+    return run_main("--backend", "openai", *api, *flags, cwd=cwd, timeout=timeout)
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert API_KEY not in result.stdout + result.stderr
+
+
+def test_offline_accuracy_log_equals_the_hf_backend(tmp_path, server, hf_offline_answers):
+    result = run_openai("--scenario", "Offline", "--accuracy", "--output-log-dir", str(tmp_path), servers=[server],
+                        cwd=tmp_path)
+    assert_ok(result)
+    assert answers_by_index(tmp_path) == hf_offline_answers
+    assert all(e["token_count"] == len(ids_of(e["data"])) for e in accuracy_entries(tmp_path))
+    assert not any(API_KEY in path.read_text(errors="replace") for path in tmp_path.iterdir() if path.is_file())
+
+
+def test_server_accuracy_log_equals_the_hf_backend_with_first_tokens(tmp_path, server, hf_offline_answers, confs):
+    result = run_openai("--scenario", "Server", "--accuracy", "--user-conf", confs["fast"], "--output-log-dir",
+                        str(tmp_path), servers=[server], cwd=tmp_path)
+    assert_ok(result)
+    assert answers_by_index(tmp_path) == hf_offline_answers
+    for entry in accuracy_entries(tmp_path):
+        assert ids_of(entry["token_data"]) == ids_of(entry["data"])[:1]
+
+
+@pytest.mark.parametrize("scenario", ["Offline", "Server"])
+def test_performance_run_has_no_loadgen_errors(tmp_path, server, confs, scenario):
+    result = run_openai("--scenario", scenario, "--user-conf", confs["fast"], "--output-log-dir", str(tmp_path),
+                        servers=[server], cwd=tmp_path)
+    assert_ok(result)
+    figures = detail(tmp_path)
+    assert figures["num_errors"] == 0
+    assert figures["result_validity"] in ("VALID", "INVALID")  # a verdict exists; its value is timing
+
+
+@pytest.mark.parametrize("scenario", ["Offline", "Server"])
+def test_test06_passes_our_verifier(tmp_path, server, confs, scenario):
+    run_dir = tmp_path / "run"
+    result = run_openai("--scenario", scenario, "--user-conf", confs["fast"], "--output-log-dir", str(run_dir),
+                        "--audit-conf", str(ROOT / "compliance/TEST06/audit.config"), servers=[server], cwd=tmp_path)
+    assert_ok(result)
+    verify = subprocess.run([sys.executable, str(ROOT / "compliance/TEST06/run_verification.py"), "-c", str(run_dir),
+                             "-o", str(tmp_path / "verify"), "-s", scenario], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "TEST06 verification complete" in (tmp_path / "verify" / "verify_accuracy.txt").read_text()
+
+
+def test_two_servers_both_receive_queries(tmp_path, server, second_server, hf_offline_answers):
+    before = [completion_posts(server), completion_posts(second_server)]
+    result = run_openai("--scenario", "Offline", "--accuracy", "--output-log-dir", str(tmp_path),
+                        servers=[server, second_server], cwd=tmp_path)
+    assert_ok(result)
+    sent = [completion_posts(server) - before[0], completion_posts(second_server) - before[1]]
+    assert all(count >= 10 for count in sent), sent  # 36 samples + one start-up check each, least-busy first
+    assert sum(sent) == len(hf_offline_answers) + 2
+    assert answers_by_index(tmp_path) == hf_offline_answers
+
+
+# --- the backend in-process ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def backend(server):
+    return build_openai_backend([server.url])
+
+
+@pytest.fixture(scope="module")
+def requests_(demo_assets):
+    dataset = MixtralDataset(demo_assets.dataset_path)
+    return [dataset.request(i, i + 1) for i in range(len(dataset))]
+
+
+@pytest.fixture(scope="module")
+def answers(backend, requests_):
+    return backend.generate(requests_)
+
+
+def test_the_default_model_is_the_one_served(backend):
+    assert backend.model == MODEL_NAME
+    assert backend.endpoints[0].max_model_len == 3072
+
+
+def test_generation_stops_at_the_first_stop_occurrence_on_the_server_too(server, backend, requests_, answers):
+    """A 4-gram the longest answer is known to produce, used as its stop ids: the answer is cut
+    right after it, and the server generates little past it (the closed stream aborts it)."""
+    row = max(range(len(requests_)), key=lambda i: len(answers[i]))
+    free = answers[row]
+    stop = tuple(free[3:7])
+    before = settled_metric(server, "vllm:generation_tokens_total")
+    (stopped,) = backend.generate([GenerationRequest(row, requests_[row].input_ids, stop, query_id=1)])
+    assert stopped == cut_after_stop(free, stop)
+    generated = settled_metric(server, "vllm:generation_tokens_total") - before
+    assert len(free) > 60 and generated < len(free) / 2, (len(free), generated)
+
+
+def test_serve_streams_first_tokens_on_the_completing_thread(backend, requests_, answers):
+    first, done, arrivals = serve_in_two_waves(backend, requests_, delay_s=0.3)
+
+    assert sorted(done) == sorted(first) == [r.qsl_index for r in requests_]
+    for index, (ids, thread) in done.items():
+        assert ids == answers[index]
+        assert first[index] == (ids[0], thread) and thread == threading.get_ident()
+    assert arrivals.get_nowait() == LEFT_OVER
+
+
+def test_abort_returns_promptly_and_the_server_drops_the_requests(server, requests_, answers):
+    backend = build_openai_backend([server.url])  # an aborted backend is not used again
+    arrivals: queue.Queue = queue.Queue()
+    for request in requests_:
+        arrivals.put(request)  # no None: only abort() can end this serve loop
+    first_token, done, aborted_at = threading.Event(), [], []
+
+    def abort_at_the_first_token():
+        first_token.wait(60)
+        aborted_at.append(time.monotonic())
+        backend.abort()
+
+    aborter = threading.Thread(target=abort_at_the_first_token)
+    before = settled_metric(server, "vllm:generation_tokens_total")
+    aborter.start()
+    try:
+        backend.serve(arrivals, lambda r, token: first_token.set(), lambda r, ids: done.append(r.qsl_index))
+        returned_at = time.monotonic()
+    finally:
+        first_token.set()
+        aborter.join()
+    assert returned_at - aborted_at[0] < 2.0
+    assert len(done) < len(requests_)
+    deadline = time.monotonic() + 10
+    while metric(server, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert metric(server, "vllm:num_requests_running") == 0
+    generated = settled_metric(server, "vllm:generation_tokens_total") - before
+    assert generated < sum(len(a) for a in answers) / 2  # the server stopped them, it did not finish them
+
+
+def test_a_failing_handler_fails_the_call_with_its_own_error(server, requests_):
+    backend = build_openai_backend([server.url])
+
+    def fail(request, token):
+        raise RuntimeError("handler failed")
+
+    with pytest.raises(RuntimeError, match="handler failed"):
+        backend.generate(requests_[:3], on_first_token=fail)
+    assert backend.generate(requests_[:1])[0]  # the backend is usable again
+
+
+# --- failures --------------------------------------------------------------------------------
+
+
+def timed_run(*flags: str, servers, cwd) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    result = run_openai(*flags, servers=servers, cwd=cwd, timeout=QUICK)
+    return result, time.monotonic() - started
+
+
+def test_an_unreachable_server_is_bad_input(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}"
+    result, _ = timed_run("--output-log-dir", str(tmp_path), servers=[url], cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result, f"server {url}/v1", "cannot connect")
+
+
+def test_a_wrong_model_name_is_bad_input(tmp_path, server):
+    result, _ = timed_run("--api-model-name", "mixtral", "--output-log-dir", str(tmp_path), servers=[server],
+                          cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result, server.url, "does not serve model 'mixtral'", "'demo'")
+
+
+def test_a_missing_api_key_is_bad_input(tmp_path, server, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    result, _ = timed_run("--output-log-dir", str(tmp_path), servers=[server], cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result, server.url, "HTTP 401", "OPENAI_API_KEY")
+
+
+def test_a_server_without_token_ids_is_refused_at_start(tmp_path, server):
+    with FaultyProxy(server.url, strip_token_ids=True) as proxy:
+        result, _ = timed_run("--output-log-dir", str(tmp_path), servers=[proxy.url], cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result, proxy.url, "does not return token ids")
+
+
+def assert_failed_run(result: subprocess.CompletedProcess, seconds: float, log_dir, *fragments: str) -> None:
+    """Exit 1, quickly, ending with one line that names what happened; every sample answered
+    exactly once. (The SUT logs the failure's traceback above that line, for debugging.)"""
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    for fragment in ("error: the run failed", *fragments):
+        assert fragment in last, last
+    assert seconds < QUICK
+    indices = [entry["qsl_idx"] for entry in accuracy_entries(log_dir)]
+    assert sorted(indices) == list(range(36))
+
+
+def test_an_http_error_mid_run_fails_the_run(tmp_path, server):
+    with FaultyProxy(server.url, fail_completion=5) as proxy:  # the 1st is the start-up check
+        result, seconds = timed_run("--scenario", "Offline", "--accuracy", "--output-log-dir", str(tmp_path),
+                                    servers=[proxy.url], cwd=tmp_path)
+    assert_failed_run(result, seconds, tmp_path, f"server {proxy.url}/v1", "HTTP 500", "injected failure")
+
+
+def test_a_stream_cut_short_fails_the_run(tmp_path, server):
+    with FaultyProxy(server.url, cut_after_events=50) as proxy:
+        result, seconds = timed_run("--scenario", "Offline", "--accuracy", "--output-log-dir", str(tmp_path),
+                                    servers=[proxy.url], cwd=tmp_path)
+    assert_failed_run(result, seconds, tmp_path, f"server {proxy.url}/v1", "cut short")
+
+
+def test_a_server_killed_mid_run_fails_it_and_resume_completes_it(tmp_path, server, second_server, hf_offline_answers,
+                                                                  confs):
+    """Server scenario at 4 QPS: the queries keep coming while the server dies."""
+    posts_before = completion_posts(second_server)
+
+    def kill_after_a_few_queries():
+        while completion_posts(second_server) < posts_before + 4 and second_server.alive():
+            time.sleep(0.02)
+        second_server.kill()
+
+    killer = threading.Thread(target=kill_after_a_few_queries)
+    killer.start()
+    try:
+        result, seconds = timed_run("--scenario", "Server", "--accuracy", "--user-conf", confs["slow"],
+                                    "--output-log-dir", str(tmp_path), servers=[second_server], cwd=tmp_path)
+    finally:
+        killer.join()
+    assert_failed_run(result, seconds, tmp_path, f"server {second_server.url}/v1")
+
+    resumed = run_openai("--scenario", "Offline", "--accuracy", "--resume", "--output-log-dir", str(tmp_path),
+                         servers=[server], cwd=tmp_path)
+    assert_ok(resumed)
+    assert answers_by_index(tmp_path) == hf_offline_answers
+
+
+def test_benchmark_reports_the_endpoint_backend(tmp_path, server):
+    results = run_benchmark(tmp_path, "--scenario", "Offline", "--backend", "openai", "--api-server", server.url)
+    assert results["completed_samples"] == 12 and results["num_errors"] == 0 and results["failure"] is None
+    assert results["samples_per_s"] > 0 and results["output_tokens_per_s"] > 0 and results["engine_s"] > 0
+    assert results["requests_per_server"] == {f"{server.url}/v1": 12}

