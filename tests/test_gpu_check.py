@@ -1,8 +1,10 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import MixtralForCausalLM
 
@@ -13,23 +15,47 @@ RUN_FIGURES = ("batch_size", "prompt_tokens_mean", "padded_prompt_tokens", "gene
                "tokens_per_s", "peak_memory_gb")
 
 
-def test_tiny_run_writes_every_figure(tmp_path):
+def run_tiny(tmp_path, batch_sizes: str, *paths: str) -> tuple[dict, str]:
     out = tmp_path / "gpu_check.json"
     done = subprocess.run(
-        [sys.executable, "-m", "tools.gpu_check", "--tiny", "--batch-sizes", "1,2", "--new-tokens", "4",
-         "--output-json", str(out)],
-        cwd=REPO, check=True, capture_output=True, text=True, timeout=600)
-    result = json.loads(out.read_text())
+        [sys.executable, "-m", "tools.gpu_check", "--tiny", "--batch-sizes", batch_sizes, "--new-tokens", "4",
+         "--paths", ",".join(paths), "--output-json", str(out)],
+        cwd=REPO, check=True, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    return json.loads(out.read_text()), done.stdout
 
-    assert result["tiny"] is True and result["device"] == "cpu" and result["skipped"] == []
-    assert [r["batch_size"] for r in result["runs"]] == [1, 2]
-    for run in result["runs"]:
+
+def assert_runs(path: dict, batch_sizes: list[int], max_tokens_per_request: int, memory: bool) -> None:
+    assert path["skipped"] == [] and path["build_s"] >= 0
+    assert [r["batch_size"] for r in path["runs"]] == batch_sizes
+    for run in path["runs"]:
         assert set(RUN_FIGURES) <= set(run)
-        assert all(run[k] > 0 for k in RUN_FIGURES)
-        assert run["generated_tokens"] <= run["batch_size"] * 4
-    assert result["peak_memory_gb"] > 0 and result["build_s"] >= 0 and result["elapsed_s"] > 0
+        assert all(run[k] > 0 for k in RUN_FIGURES if k != "peak_memory_gb")
+        assert (run["peak_memory_gb"] > 0) if memory else run["peak_memory_gb"] is None
+        assert run["generated_tokens"] <= run["batch_size"] * max_tokens_per_request
+
+
+def test_tiny_run_writes_every_figure(tmp_path):
+    result, stdout = run_tiny(tmp_path, "1,2", "hf")
+
+    assert result["tiny"] is True and result["device"] == "cpu" and list(result["paths"]) == ["hf"]
+    assert_runs(result["paths"]["hf"], [1, 2], 4, memory=True)
+    assert result["paths"]["hf"]["peak_memory_gb"] > 0 and result["elapsed_s"] > 0
     assert result["model"]["experts"] == 8 and result["model"]["top_k"] == 2 and result["model"]["vocab"] == 32000
-    assert "tokens_per_s" in done.stdout  # the table printed from the same figures
+    assert "tokens_per_s" in stdout  # the table printed from the same figures
+
+
+def test_tiny_run_measures_vllm_in_process_and_behind_its_server(tmp_path):
+    pytest.importorskip("vllm")
+    result, stdout = run_tiny(tmp_path, "2", "vllm", "endpoint")  # up to 1,024 tokens each: one batch size
+
+    assert sorted(result["paths"]) == ["endpoint", "vllm"]
+    for name in ("vllm", "endpoint"):
+        assert_runs(result["paths"][name], [2], 1024, memory=False)  # the engines run in other processes
+        assert result["paths"][name]["max_new_tokens"] == 1024
+    assert result["paths"]["endpoint"]["server"].startswith("http://127.0.0.1:")
+    table_rows = [line.split() for line in stdout.splitlines()]
+    assert sum(row[:1] == ["endpoint"] for row in table_rows) == 1  # one table row per batch size
 
 
 def test_real_shapes_are_mixtral_8x7b():

