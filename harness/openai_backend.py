@@ -25,10 +25,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-import httpx
+import aiohttp
 
 from harness.backend import MAX_NEW_TOKENS, MIN_NEW_TOKENS, DoneHandler, FirstTokenHandler, GenerationRequest
-from harness.endpoint import Endpoint, EndpointError, completion_body, http_client, normalize_url
+from harness.endpoint import Endpoint, EndpointError, completion_body, http_session, normalize_url
 from harness.postprocess import find_stop_end
 from harness.tokenizer import BOS_ID
 
@@ -100,16 +100,16 @@ class OpenAIBackend:
         not finished are empty."""
         answers: list[list[int]] = [[] for _ in requests]
 
-        async def answer(client: httpx.AsyncClient, router: Router, position: int) -> None:
+        async def answer(session: aiohttp.ClientSession, router: Router, position: int) -> None:
             request = requests[position]
-            answers[position] = await self._answer(client, router, request, on_first_token)
+            answers[position] = await self._answer(session, router, request, on_first_token)
             if on_done is not None:
                 on_done(request, answers[position])
 
-        async def run(client: httpx.AsyncClient, router: Router) -> None:
+        async def run(session: aiohttp.ClientSession, router: Router) -> None:
             async with asyncio.TaskGroup() as group:
                 for position in range(len(requests)):
-                    group.create_task(answer(client, router, position))
+                    group.create_task(answer(session, router, position))
 
         self._run_loop(run)
         return answers
@@ -124,10 +124,10 @@ class OpenAIBackend:
         serving threads may share one queue (one None each); anything after this loop's None
         stays in the queue."""
 
-        async def answer(client: httpx.AsyncClient, router: Router, request: GenerationRequest) -> None:
-            on_done(request, await self._answer(client, router, request, on_first_token))
+        async def answer(session: aiohttp.ClientSession, router: Router, request: GenerationRequest) -> None:
+            on_done(request, await self._answer(session, router, request, on_first_token))
 
-        async def run(client: httpx.AsyncClient, router: Router) -> None:
+        async def run(session: aiohttp.ClientSession, router: Router) -> None:
             arrivals: asyncio.Queue[GenerationRequest | None] = asyncio.Queue()
             stop = threading.Event()
             reader = threading.Thread(target=_read_queue, args=(requests, asyncio.get_running_loop(), arrivals, stop),
@@ -136,7 +136,7 @@ class OpenAIBackend:
             try:
                 async with asyncio.TaskGroup() as group:
                     while (request := await arrivals.get()) is not None:
-                        group.create_task(answer(client, router, request))
+                        group.create_task(answer(session, router, request))
             finally:
                 stop.set()
                 reader.join()  # at most FEED_POLL_S: it must not take items meant for another loop
@@ -150,7 +150,8 @@ class OpenAIBackend:
             self._aborted = True
             cancel = self._cancel
         if cancel is not None:
-            cancel()
+            with contextlib.suppress(RuntimeError):  # the loop ended meanwhile: nothing left to cancel
+                cancel()
 
     def close(self) -> None:
         """Nothing to release: connections live only as long as one generate/serve call."""
@@ -158,7 +159,7 @@ class OpenAIBackend:
             logger.info("%s: %d requests", url, count)
 
     # --- the loop ----------------------------------------------------------------------------
-    def _run_loop(self, work: Callable[[httpx.AsyncClient, Router], Awaitable[None]]) -> None:
+    def _run_loop(self, work: Callable[[aiohttp.ClientSession, Router], Awaitable[None]]) -> None:
         """Run `work` in a new event loop on this thread; return quietly after abort(); raise a
         failure as itself (the first one), not as an exception group."""
         with self._turn:
@@ -170,7 +171,7 @@ class OpenAIBackend:
             except BaseExceptionGroup as group:
                 raise _first_error(group) from None
 
-    async def _abortable(self, work: Callable[[httpx.AsyncClient, Router], Awaitable[None]]) -> None:
+    async def _abortable(self, work: Callable[[aiohttp.ClientSession, Router], Awaitable[None]]) -> None:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         with self._state:
@@ -178,13 +179,13 @@ class OpenAIBackend:
                 return
             self._cancel = lambda: loop.call_soon_threadsafe(task.cancel)
         try:
-            async with http_client(self.concurrency * len(self.endpoints)) as client:
-                await work(client, Router(self.endpoints, self.concurrency, self.sent))
+            async with http_session(self.concurrency * len(self.endpoints)) as session:
+                await work(session, Router(self.endpoints, self.concurrency, self.sent))
         finally:
             with self._state:
                 self._cancel = None
 
-    async def _answer(self, client: httpx.AsyncClient, router: Router, request: GenerationRequest,
+    async def _answer(self, session: aiohttp.ClientSession, router: Router, request: GenerationRequest,
                       on_first_token: FirstTokenHandler | None) -> list[int]:
         """One answer, streamed from the least-busy server: raw ids, cut right after the stop ids."""
         index = await router.acquire()
@@ -194,7 +195,7 @@ class OpenAIBackend:
             check_fits(endpoint, request)
             body = completion_body(self.model, request.input_ids, MAX_NEW_TOKENS, MIN_NEW_TOKENS)
             ids: list[int] = []
-            async with contextlib.aclosing(endpoint.stream_ids(client, body, label)) as stream:
+            async with contextlib.aclosing(endpoint.stream_ids(session, body, label)) as stream:
                 async for new_ids in stream:
                     if not ids and on_first_token is not None:
                         on_first_token(request, new_ids[0])
@@ -264,9 +265,9 @@ def choose_model(server: str, served: Sequence[str], requested: str | None) -> s
     return served[0]
 
 
-async def _resolve(endpoints: Sequence[Endpoint], requested: str | None, client: httpx.AsyncClient) -> str:
+async def _resolve(endpoints: Sequence[Endpoint], requested: str | None, session: aiohttp.ClientSession) -> str:
     """The one model name every server serves; sets each endpoint's max_model_len."""
-    listings = await asyncio.gather(*(e.served_models(client) for e in endpoints))
+    listings = await asyncio.gather(*(e.served_models(session) for e in endpoints))
     names = []
     for endpoint, entries in zip(endpoints, listings, strict=True):
         name = choose_model(endpoint.url, [str(entry.get("id")) for entry in entries], requested)
@@ -280,19 +281,19 @@ async def _resolve(endpoints: Sequence[Endpoint], requested: str | None, client:
     return names[0]
 
 
-async def _probe(endpoint: Endpoint, model: str, client: httpx.AsyncClient) -> None:
+async def _probe(endpoint: Endpoint, model: str, session: aiohttp.ClientSession) -> None:
     """A two-token completion through the same streaming path: the server takes token-id prompts,
     greedy settings, min_tokens, and returns token ids."""
     body = completion_body(model, [BOS_ID], max_tokens=MIN_NEW_TOKENS, min_tokens=MIN_NEW_TOKENS)
-    async with contextlib.aclosing(endpoint.stream_ids(client, body, "start-up check")) as stream:
+    async with contextlib.aclosing(endpoint.stream_ids(session, body, "start-up check")) as stream:
         async for _ in stream:
             pass
 
 
-def _run_sync(work: Callable[[httpx.AsyncClient], Awaitable[T]], connections: int) -> T:
+def _run_sync(work: Callable[[aiohttp.ClientSession], Awaitable[T]], connections: int) -> T:
     async def run() -> T:
-        async with http_client(connections) as client:
-            return await work(client)
+        async with http_session(connections) as session:
+            return await work(session)
 
     return asyncio.run(run())
 
@@ -301,7 +302,7 @@ def served_model_name(servers: Sequence[str], model_name: str | None = None) -> 
     """The model the flags select on these servers (--api-model-name, or the only one served);
     raises EndpointError naming the server that cannot serve it, ValueError for a bad URL."""
     endpoints = [Endpoint(url) for url in servers]
-    return _run_sync(lambda client: _resolve(endpoints, model_name, client), len(endpoints))
+    return _run_sync(lambda session: _resolve(endpoints, model_name, session), len(endpoints))
 
 
 def raise_open_files_limit(needed: int) -> None:
@@ -335,9 +336,9 @@ def build_openai_backend(servers: Sequence[str], model_name: str | None = None,
     endpoints = [Endpoint(url) for url in servers]
     raise_open_files_limit(concurrency * len(endpoints) + FILES_PER_PROCESS)
 
-    async def check(client: httpx.AsyncClient) -> str:
-        model = await _resolve(endpoints, model_name, client)
-        await asyncio.gather(*(_probe(e, model, client) for e in endpoints))
+    async def check(session: aiohttp.ClientSession) -> str:
+        model = await _resolve(endpoints, model_name, session)
+        await asyncio.gather(*(_probe(e, model, session) for e in endpoints))
         return model
 
     model = _run_sync(check, len(endpoints))

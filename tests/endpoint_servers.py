@@ -8,10 +8,9 @@ import contextlib
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-
-import httpx
 
 from tools.vllm_server import VllmServer, free_port, running_vllm_server
 
@@ -36,7 +35,8 @@ def completion_posts(server: VllmServer) -> int:
 
 def metric(server: VllmServer, name: str) -> float:
     """A vLLM Prometheus metric of the server, summed over its label sets."""
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as response:
+        text = response.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name + "{") or line.startswith(name + " "))
 
@@ -58,14 +58,16 @@ class FaultyProxy:
     """An HTTP server (aiohttp) forwarding to `upstream` that misbehaves as configured:
     cut_after_events: close the connection instead of forwarding stream event n+1 (counted over
     all streams); fail_completion: answer the k-th completion request with HTTP 500;
-    strip_token_ids: forward events without their token ids (a server that cannot return them)."""
+    strip_token_ids: forward events without their token ids (a server that cannot return them);
+    ignore_stream: ask for whole answers instead of streams (a server that does not stream)."""
 
     def __init__(self, upstream: str, *, cut_after_events: int | None = None, fail_completion: int | None = None,
-                 strip_token_ids: bool = False) -> None:
+                 strip_token_ids: bool = False, ignore_stream: bool = False) -> None:
         self.upstream = upstream
         self.cut_after_events = cut_after_events
         self.fail_completion = fail_completion
         self.strip_token_ids = strip_token_ids
+        self.ignore_stream = ignore_stream
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.events = 0
@@ -119,7 +121,10 @@ class FaultyProxy:
         from aiohttp import web
 
         headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")}
-        async with self._session.request(request.method, self.upstream + request.path_qs, data=await request.read(),
+        body = await request.read()
+        if self.ignore_stream and request.method == "POST":
+            body = json.dumps({**json.loads(body), "stream": False}).encode()
+        async with self._session.request(request.method, self.upstream + request.path_qs, data=body,
                                          headers=headers) as upstream:
             response = web.StreamResponse(status=upstream.status,
                                           headers={"Content-Type": upstream.headers.get("Content-Type", "text/plain")})
@@ -128,7 +133,8 @@ class FaultyProxy:
                 if line.startswith(b"data: {"):
                     self.events += 1
                     if self.cut_after_events is not None and self.events > self.cut_after_events:
-                        request.transport.close()  # the connection dies in the middle of the body
+                        if request.transport is not None:  # (None: the harness closed it first)
+                            request.transport.close()  # the connection dies in the middle of the body
                         return response
                     if self.strip_token_ids:
                         line = _without_token_ids(line)

@@ -258,6 +258,13 @@ def test_a_server_without_token_ids_is_refused_at_start(tmp_path, server):
     assert_one_line_error(result, proxy.url, "does not return token ids")
 
 
+def test_a_server_that_does_not_stream_is_refused_at_start(tmp_path, server):
+    with FaultyProxy(server.url, ignore_stream=True) as proxy:
+        result, _ = timed_run("--output-log-dir", str(tmp_path), servers=[proxy.url], cwd=tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result, proxy.url, "application/json instead of a stream")
+
+
 def assert_failed_run(result: subprocess.CompletedProcess, seconds: float, log_dir, *fragments: str) -> None:
     """Exit 1, quickly, ending with one line that names what happened; every sample answered
     exactly once. (The SUT logs the failure's traceback above that line, for debugging.)"""

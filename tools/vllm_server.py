@@ -19,11 +19,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
 
 from harness.vllm_backend import DEFAULT_MAX_MODEL_LEN
 
@@ -111,13 +111,22 @@ def wait_until_ready(server: VllmServer, timeout_s: float) -> None:
         if not server.alive():
             raise RuntimeError(f"vLLM server exited with status {server.process.returncode} while starting; "
                                f"end of {server.log_path}:\n{_tail(server)}")
-        with contextlib.suppress(httpx.TransportError):
-            # Any answer (an API key may be required) means the server is up.
-            if httpx.get(f"{server.url}/v1/models", timeout=POLL_S).status_code in (200, 401):
-                return
+        if answers(f"{server.url}/v1/models"):
+            return
         time.sleep(POLL_S)
     raise RuntimeError(f"vLLM server did not answer within {timeout_s:.0f} s; end of {server.log_path}:\n"
                        f"{_tail(server)}")
+
+
+def answers(url: str) -> bool:
+    """Whether an HTTP server answers at `url` (any status: an API key may be required)."""
+    try:
+        with urllib.request.urlopen(url, timeout=POLL_S):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _tail(server: VllmServer, lines: int = 30) -> str:
