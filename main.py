@@ -21,6 +21,7 @@ import mlperf_loadgen as lg
 
 from harness.backend import GenerationBackend
 from harness.interrupts import Interrupted, raising_interrupts, run_interruptible, signal_name
+from harness.output_dirs import OutputDirError, ensure_writable_dir
 
 log = logging.getLogger("main")
 
@@ -285,6 +286,10 @@ def execute(config: RunConfig, backends: list[GenerationBackend] | None = None) 
     from SUT import OfflineSUT, ServerSUT
 
     validate(config)
+    try:  # before anything long: loadgen could not write its logs (it would crash at the end)
+        ensure_writable_dir(config.output_log_dir, "--output-log-dir")
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
     config, demo = with_demo_assets(config)
     if demo:
         print("DEMO RUN: a tiny Mixtral trained on a sample set; its figures are not a Mixtral-8x7B result.",

@@ -9,24 +9,16 @@ import time
 
 import pytest
 import torch
-from transformers import MixtralConfig, MixtralForCausalLM
+from transformers import MixtralForCausalLM
 
 from dataset import MixtralDataset
 from harness.backend import EOS_ID, MBXP_STOP_IDS, GenerationRequest
 from harness.hf_backend import HFBackend, load_model
 from harness.hf_inflight_backend import HFInflightBackend
 from harness.postprocess import postprocess_output, strip_trailing
+from tests.run_helpers import random_tiny_mixtral
 
 QUICK_S = 30  # an abort or a failing engine must end a call well within this
-
-
-def tiny_random_mixtral(folder, vocab_size: int) -> str:
-    torch.manual_seed(0)
-    config = MixtralConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=1, num_key_value_heads=1, head_dim=64, num_local_experts=2,
-                           num_experts_per_tok=1, bos_token_id=1, eos_token_id=EOS_ID, max_position_embeddings=4096)
-    MixtralForCausalLM(config).save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +93,7 @@ def test_serve_answers_queries_as_they_arrive(inflight, requests_, static_answer
 def test_min_new_tokens_holds_for_each_request(tmp_path):
     # Over a 4-token vocabulary EOS is often the best first or second token; min_new_tokens=2 forbids it
     # there, row by row, as static generate does.
-    model_dir = tiny_random_mixtral(tmp_path / "vocab4", vocab_size=4)
+    model_dir = random_tiny_mixtral(tmp_path / "vocab4", vocab_size=4)
     generator = torch.Generator().manual_seed(1)
     requests = [GenerationRequest(i, torch.randint(0, 4, (int(torch.randint(1, 30, (1,), generator=generator)),),
                                                    generator=generator).tolist()) for i in range(60)]
@@ -123,7 +115,7 @@ def test_min_new_tokens_holds_for_each_request(tmp_path):
 
 def test_abort_returns_promptly_without_answers(tmp_path):
     # A random model never says EOS: unless aborted, each request runs to 1,024 new tokens.
-    backend = HFInflightBackend.load(tiny_random_mixtral(tmp_path / "random", vocab_size=32000), "float32", "cpu")
+    backend = HFInflightBackend.load(random_tiny_mixtral(tmp_path / "random", vocab_size=32000), "float32", "cpu")
     first_token = threading.Event()
     done = []
     call = threading.Thread(target=backend.generate, args=(
@@ -142,7 +134,7 @@ def test_abort_returns_promptly_without_answers(tmp_path):
 
 def test_a_failing_engine_raises_instead_of_hanging(tmp_path):
     # A real failure inside the engine: a prompt id beyond this model's 1,000-row embedding.
-    backend = HFInflightBackend.load(tiny_random_mixtral(tmp_path / "small", vocab_size=1000), "float32", "cpu")
+    backend = HFInflightBackend.load(random_tiny_mixtral(tmp_path / "small", vocab_size=1000), "float32", "cpu")
     outcome: list[BaseException] = []
 
     def call():
