@@ -116,6 +116,10 @@ class HFInflightBackend:
         """model: a causal LM loaded with an attention implementation the engine can page ("sdpa",
         "paged|eager" or a flash one; see load()). max_sequences: most requests in one engine step (None: as
         many as the cache holds on a GPU, CPU_DEFAULT_MAX_SEQUENCES on the CPU)."""
+        devices = sorted({str(d) for d in getattr(model, "hf_device_map", {}).values()})
+        if len(devices) > 1:  # the engine allocates its whole KV cache on one device
+            raise ValueError(f"in-flight batching needs the model on one device, not spread over {devices}: "
+                             "use --device cuda:N, or --batching static")
         # Its INFO lines (thread start and stop) would follow the harness's logging level.
         logging.getLogger("ContinuousBatchingLogger").setLevel(logging.WARNING)
         generation_config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,

@@ -14,6 +14,16 @@ from harness.backend import MBXP_STOP_IDS
 from harness.postprocess import postprocess_output
 from tests.run_helpers import ROOT, accuracy_entries, answers_by_index, detail, ids_of, run_main
 
+# Server tests that need no particular rate: 10 queries/s keep them short.
+QUICK_SERVER_CONF = (ROOT / "user-demo.conf").read_text() + "mixtral-8x7b.Server.target_qps = 10\n"
+
+
+@pytest.fixture(scope="module")
+def quick_server_conf(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("conf") / "user.conf"
+    path.write_text(QUICK_SERVER_CONF)
+    return str(path)
+
 
 def assert_clean_run(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
@@ -113,7 +123,7 @@ def test_server_performance_run_answers_every_query(tmp_path, demo_assets, batch
     # Whether the latencies make the run VALID depends on the machine's load: tools/benchmark.py
     # measures that. What cannot depend on it: every query answered, first tokens, no loadgen error.
     conf = tmp_path / "user.conf"
-    conf.write_text((ROOT / "user-demo.conf").read_text() + "mixtral-8x7b.Server.min_query_count = 100\n")
+    conf.write_text(QUICK_SERVER_CONF + "mixtral-8x7b.Server.min_query_count = 100\n")
     result = run_main("--scenario", "Server", "--batching", batching, "--batch-size", "8", "--user-conf", str(conf),
                       "--output-log-dir", str(tmp_path), cwd=tmp_path)
     assert_clean_run(result)
@@ -125,10 +135,11 @@ def test_server_performance_run_answers_every_query(tmp_path, demo_assets, batch
 
 
 @pytest.mark.parametrize("scenario", ["Offline", "Server"])
-def test_test06_passes_our_verifier(tmp_path, demo_assets, scenario):
+def test_test06_passes_our_verifier(tmp_path, demo_assets, quick_server_conf, scenario):
     run_dir = tmp_path / "run"
-    result = run_main("--scenario", scenario, "--batch-size", "8", "--output-log-dir", str(run_dir),
-                      "--audit-conf", str(ROOT / "compliance/TEST06/audit.config"), cwd=tmp_path)
+    result = run_main("--scenario", scenario, "--batch-size", "8", "--user-conf", quick_server_conf,
+                      "--output-log-dir", str(run_dir), "--audit-conf", str(ROOT / "compliance/TEST06/audit.config"),
+                      cwd=tmp_path)
     assert_clean_run(result)
     assert accuracy_entries(run_dir), "TEST06 logs responses"
     verify = subprocess.run([sys.executable, str(ROOT / "compliance/TEST06/run_verification.py"), "-c", str(run_dir),
