@@ -96,6 +96,13 @@ def test_bad_journal_folders(demo_assets, env: dict[str, str], tmp_path: Path) -
     assert "q0.pkl: not a readable pickle" in _error(consolidate(demo_assets, env, tmp_path / "bad", tmp_path / "o"))
 
 
+def test_unwritable_output_folder_stops_before_reading(demo_assets, env: dict[str, str], tmp_path: Path) -> None:
+    # The journal folder does not exist either: the output folder is named, so it was checked first.
+    proc = consolidate(demo_assets, env, tmp_path / "none", Path("/proc/consolidated/full_output.pkl"))
+    assert proc.returncode == 2
+    assert _error(proc).startswith("consolidate_results.py: error: --output-pkl-path /proc/consolidated: ")
+
+
 def test_collect_outputs_errors() -> None:
     with pytest.raises(ConsolidationError, match="q0.pkl: 2 query_ids but 1 outputs"):
         collect_outputs([("q0.pkl", {"query_ids": [0, 1], "outputs": [[5]]})], 2)
