@@ -21,6 +21,7 @@ RUN_TIMEOUT_S = 3.0
 TIME_ALLOWED_S = 20.0  # timeout + compile (g++ takes a few seconds on a busy machine) + cleanup
 
 CPP_FORK_BOMB = "#include <unistd.h>\nvoid f() { while (true) fork(); }\n"
+CPP_SESSION_FORK_BOMB = "#include <unistd.h>\nvoid f() { while (true) if (fork() == 0) setsid(); }\n"
 CPP_MAIN = "int main() { f(); return 0; }\n"
 
 
@@ -61,8 +62,9 @@ def _check_contained(lang: str, response: str, test_code: str = "") -> str:
     return verdict.result
 
 
-def test_cpp_fork_bomb_is_stopped():
-    result = _check_contained("cpp", CPP_FORK_BOMB, CPP_MAIN)
+@pytest.mark.parametrize("bomb", [CPP_FORK_BOMB, CPP_SESSION_FORK_BOMB], ids=["fork", "fork and setsid"])
+def test_cpp_fork_bomb_is_stopped(bomb):
+    result = _check_contained("cpp", bomb, CPP_MAIN)
     assert "timed out" in result
 
 

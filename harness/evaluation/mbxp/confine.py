@@ -139,35 +139,38 @@ def _wait(pid: int, timeout_s: float) -> int | None:
         signal.sigtimedwait({signal.SIGCHLD}, remaining)
 
 
-def _children() -> list[int]:
-    me = os.getpid()
-    try:  # the kernel's own list (CONFIG_PROC_CHILDREN); this process has a single thread
-        with open(f"/proc/self/task/{me}/children") as children:
-            return [int(pid) for pid in children.read().split()]
-    except FileNotFoundError:
-        found = []
-        for name in os.listdir("/proc"):
+def _descendants() -> list[int]:
+    """Every process below this one, from the parent links in /proc (a moment's view)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
             with suppress(OSError, ValueError, IndexError), open(f"/proc/{name}/stat") as stat:
                 # Fields after the ")" that ends the command name: state, ppid, ...
-                if int(stat.read().rsplit(")", 1)[1].split()[1]) == me:
-                    found.append(int(name))
-        return found
+                children.setdefault(int(stat.read().rsplit(")", 1)[1].split()[1]), []).append(int(name))
+    found, unvisited = [], [os.getpid()]
+    while unvisited:
+        below = children.get(unvisited.pop(), [])
+        found += below
+        unvisited += below
+    return found
 
 
 def _end_descendants() -> None:
     """SIGKILL and reap every process left below this one until it has no child at all. As the
-    subreaper it inherits every orphan, so when it has no child, no descendant is left."""
+    subreaper it inherits every orphan, so when it has no child, no descendant is left. All are
+    killed at once, not generation by generation, which a fork bomb would outrun. Killing by number
+    is safe: the kernel hands pids out cyclically, so one is reused only after all others (pid_max)
+    have been, not in the moment between the scan and the kill."""
     while True:
-        children = _children()
-        for pid in children:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
         try:
-            reaped, _ = os.waitpid(-1, 0 if children else os.WNOHANG)
+            while os.waitpid(-1, os.WNOHANG)[0]:  # reap those that ended
+                pass
         except ChildProcessError:
             return
-        if not children and not reaped:
-            time.sleep(0.001)  # a child that the list did not show yet
+        for pid in _descendants():
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.001)  # for the killed to end
 
 
 def main(argv: list[str]) -> None:

@@ -146,4 +146,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    try:
+        main(sys.argv)
+    except Exception as setup_error:  # before the answer ran: say why, rather than look like a timeout
+        os.write(1, f"failed: checker error: {setup_error}".encode("utf-8", errors="replace"))
+        os._exit(1)
