@@ -12,6 +12,7 @@
 tsc exit 2 means "type errors, JavaScript emitted anyway"; the reference counts only that status as
 compiled, and the tests' `import * as assert from 'assert'` is a type error without @types/node.
 Only exit codes count (stdout is discarded); the result string is the failing step's stderr.
+Python answers print nothing either: their stdout carries python_child.py's verdict to the checker.
 """
 
 from __future__ import annotations

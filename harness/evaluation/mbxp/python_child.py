@@ -21,9 +21,10 @@ return of exec leads to, before it writes the secret and ends the process. The a
 the keeper's frame (which alone holds the secret) through frames, signal handlers (they run in the
 main thread) or tracing; an audit hook (which Python code cannot remove) refuses the ways around
 that: other threads' frames, the garbage collector's object lists, ctypes and crafted code objects,
-and starting or replacing processes; and the process is not dumpable, so that /proc/self/mem and
-ptrace cannot read the secret. Left open: whatever breaks CPython's memory safety from Python code
-(e.g. malformed bytecode loaded with marshal).
+and starting or replacing processes through os and subprocess; and the process is not dumpable, so
+that neither /proc/self/mem nor a process it still manages to start (_posixsubprocess raises no
+audit event) can read the secret. Left open: whatever breaks CPython's memory safety from Python
+code (e.g. malformed bytecode loaded with marshal).
 """
 
 from __future__ import annotations
