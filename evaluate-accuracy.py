@@ -16,7 +16,7 @@ from dataset import load_dataset_frame
 from harness.evaluation.accuracy import evaluate, mbxp_languages_to_run, samples_by_part
 from harness.evaluation.accuracy_log import DEFAULT_DTYPE, DTYPES, read_accuracy_log
 from harness.evaluation.inputs import dataset_or_demo, tokenizer_model_for
-from harness.evaluation.mbxp import SCORED_LANGUAGES, missing_toolchains
+from harness.evaluation.mbxp import SCORED_LANGUAGES, broken_toolchains
 from harness.evaluation.report import (
     accuracy_txt,
     file_sha256,
@@ -90,13 +90,13 @@ def run(args: argparse.Namespace, skip: list[str]) -> dict[str, object]:
                                      vocab_size=sp.get_piece_size())
     seconds["load"] = time.perf_counter() - start
 
-    # Before any scoring: a missing toolchain would otherwise fail every answer of its language.
+    # Before any scoring: a broken toolchain would otherwise fail every answer of its language.
     needed = mbxp_languages_to_run(frame, samples_by_part(frame, accuracy_log)["MBXP"], skip)
-    missing = missing_toolchains(needed)
-    if missing:
-        lacking = [lang for lang in needed if missing_toolchains([lang])]
-        raise UsageError(f"MBXP toolchain missing: {'; '.join(missing)} (or pass --skip-languages "
-                         f"{','.join(lacking)} to leave those languages out, reported as skipped)")
+    broken = broken_toolchains(needed)
+    if broken:
+        problems = "; ".join(f"{lang}: {problem}" for lang, problem in broken.items())
+        raise UsageError(f"MBXP toolchain broken: {problems} (or pass --skip-languages {','.join(broken)} "
+                         "to leave those languages out, reported as skipped)")
 
     install_punkt_tab()
     evaluation = evaluate(frame, accuracy_log, sp, n_workers=args.n_workers, skip_languages=skip,
