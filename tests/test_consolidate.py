@@ -104,13 +104,6 @@ def test_unwritable_output_folder_stops_before_reading(demo_assets, env: dict[st
     assert _error(proc).startswith("consolidate_results.py: error: --output-pkl-path /proc/consolidated: ")
 
 
-def test_unwritable_output_folder_stops_before_reading(demo_assets, env: dict[str, str], tmp_path: Path) -> None:
-    # The journal folder does not exist either: the output folder is named, so it was checked first.
-    proc = consolidate(demo_assets, env, tmp_path / "none", Path("/proc/consolidated/full_output.pkl"))
-    assert proc.returncode == 2
-    assert _error(proc).startswith("consolidate_results.py: error: --output-pkl-path /proc/consolidated: ")
-
-
 def test_collect_outputs_errors() -> None:
     with pytest.raises(ConsolidationError, match="q7.pkl: qsl index 7 is outside the dataset of 2 rows"):
         collect_outputs([("q7.pkl", {7: [5]})], 2)
