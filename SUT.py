@@ -24,19 +24,20 @@ log = logging.getLogger(__name__)
 
 
 class Watchdog(threading.Thread):
-    """Ends a run whose outstanding samples make no progress for `timeout_s` seconds by
-    completing them as failures (loadgen would otherwise wait forever)."""
+    """Ends a run whose outstanding samples make no progress for `timeout_s` seconds (loadgen
+    would otherwise wait forever)."""
 
-    def __init__(self, sink: CompletionSink, timeout_s: float) -> None:
+    def __init__(self, sut: _SUTBase, timeout_s: float) -> None:
         super().__init__(name="watchdog", daemon=True)
-        self.sink = sink
+        self.sut = sut
         self.timeout_s = timeout_s
         self._stopped = threading.Event()
 
     def run(self) -> None:
+        sink = self.sut.sink
         while not self._stopped.wait(min(5.0, self.timeout_s / 4)):
-            if self.sink.outstanding and self.sink.seconds_since_progress() > self.timeout_s:
-                self.sink.fail(f"no sample finished for {self.timeout_s:g} s (watchdog; see --watchdog-timeout)")
+            if sink.outstanding and sink.seconds_since_progress() > self.timeout_s:
+                self.sut.fail(f"no sample finished for {self.timeout_s:g} s (watchdog; see --watchdog-timeout)")
 
     def stop(self) -> None:
         self._stopped.set()
@@ -62,8 +63,9 @@ class _SUTBase:
         self.batch_size = batch_size
         self.journal = journal
         self.sink = CompletionSink(journal, self.reports_first_token, self._journal_group())
-        self.watchdog = Watchdog(self.sink, watchdog_timeout_s)
+        self.watchdog = Watchdog(self, watchdog_timeout_s)
         self.work: queue.Queue = queue.Queue()
+        self._stopping = threading.Event()
         self.workers = [
             threading.Thread(target=self._run_worker, args=(self.backends[i % len(self.backends)],),
                              name=f"sut-worker-{i}", daemon=True)
@@ -82,6 +84,13 @@ class _SUTBase:
     def failure(self) -> str | None:
         return self.sink.failure
 
+    def fail(self, reason: str) -> None:
+        """End the run early (a failed generation, the watchdog, Ctrl-C): every outstanding sample
+        is completed as a failure, so loadgen can end its test, and the backends stop generating."""
+        self.sink.fail(reason)
+        for backend in self.backends:
+            backend.abort()
+
     def start(self) -> None:
         self.watchdog.start()
         for worker in self.workers:
@@ -90,18 +99,23 @@ class _SUTBase:
     def issue_queries(self, samples: Sequence[lg.QuerySample]) -> None:
         # An exception escaping into loadgen kills the process later: fail the samples instead.
         # The sink only needs ids to complete a sample, so it learns them before anything can fail.
-        self.sink.add([GenerationRequest(qsl_index=s.index, input_ids=(), query_id=s.id) for s in samples])
+        placeholders = [GenerationRequest(qsl_index=s.index, input_ids=(), query_id=s.id) for s in samples]
+        self.sink.add(placeholders)
+        if self.sink.failure is not None:  # the run is ending: answer at once, generate nothing more
+            self.sink.fail(self.sink.failure, placeholders)
+            return
         try:
             requests = [self.dataset.request(s.index, s.id) for s in samples]
             self._dispatch(self._replay_journal(requests))
         except Exception as exc:
-            self.sink.fail(f"could not issue queries: {exc!r}")
+            self.fail(f"could not issue queries: {exc!r}")
 
     def flush_queries(self) -> None:
         """Nothing is held back: every issued sample is already queued."""
 
     def stop(self, join_timeout_s: float = 10.0) -> bool:
         """After StartTest returned: end the workers; False if one is still stuck."""
+        self._stopping.set()
         for _ in self.workers:
             self.work.put(None)
         for worker in self.workers:
@@ -127,10 +141,12 @@ class _SUTBase:
                 self.sink.finish(request, answer, answer[0] if answer else EOS_ID)
         return remaining
 
-    def _fail_remaining_work(self) -> None:
-        """After a failure: answer whatever is still queued, until stop()."""
-        while (item := self.work.get()) is not None:
-            self.sink.fail(self.sink.failure or "earlier failure", item if isinstance(item, list) else [item])
+    def _generation_failed(self, exc: Exception) -> None:
+        if self.sink.failure is not None:  # the backend stopped because the run was already ending
+            log.debug("Generation ended after the run failed: %r", exc)
+            return
+        log.exception("Generation failed")
+        self.fail(f"generation failed: {type(exc).__name__}: {exc}")
 
     def _dispatch(self, requests: list[GenerationRequest]) -> None:
         raise NotImplementedError
@@ -170,8 +186,7 @@ class OfflineSUT(_SUTBase):
             try:
                 backend.generate(chunk, on_done=self.sink.done)
             except Exception as exc:
-                log.exception("Generation failed")
-                self.sink.fail(f"generation failed: {type(exc).__name__}: {exc}")
+                self._generation_failed(exc)
             with self._seconds_lock:
                 self.backend_seconds += time.perf_counter() - started
 
@@ -191,6 +206,8 @@ class ServerSUT(_SUTBase):
         try:
             backend.serve(self.work, self.sink.first_token, self.sink.done)
         except Exception as exc:
-            log.exception("Generation failed")
-            self.sink.fail(f"generation failed: {type(exc).__name__}: {exc}")
-            self._fail_remaining_work()
+            self._generation_failed(exc)
+        if self.sink.failure is not None:
+            # serve returned early (abort) or raised: every sample is already answered; stay alive
+            # until stop(), as loadgen needs of every thread that completed samples.
+            self._stopping.wait()

@@ -12,6 +12,7 @@ from dataset import DatasetError, load_dataset_frame
 from harness.evaluation.consolidation import ConsolidationError, collect_outputs, consolidate, read_run_outputs
 from harness.evaluation.inputs import dataset_or_demo, tokenizer_model_for
 from harness.evaluation.sentences import install_punkt_tab
+from harness.output_dirs import OUTPUT_DIR_EXIT_STATUS, OutputDirError, ensure_writable_dir
 from harness.tokenizer import load_sentencepiece
 
 log = logging.getLogger("consolidate_results")
@@ -30,6 +31,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Path:
+    ensure_writable_dir(args.output_pkl_path.parent, "--output-pkl-path")
     try:
         tokenizer_model = tokenizer_model_for(args.checkpoint_path)
     except ValueError as exc:
@@ -38,7 +40,6 @@ def run(args: argparse.Namespace) -> Path:
     outputs = collect_outputs(read_run_outputs(args.run_outputs), len(frame))
     install_punkt_tab()
     merged = consolidate(frame, outputs, load_sentencepiece(tokenizer_model), progress=not args.no_progress)
-    args.output_pkl_path.parent.mkdir(parents=True, exist_ok=True)
     merged.to_pickle(args.output_pkl_path)
     return args.output_pkl_path
 
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         path = run(args)
+    except OutputDirError as exc:
+        print(f"consolidate_results.py: error: {exc}", file=sys.stderr)
+        return OUTPUT_DIR_EXIT_STATUS
     except (ConsolidationError, DatasetError, OSError) as exc:
         print(f"consolidate_results.py: error: {exc}", file=sys.stderr)
         return 1

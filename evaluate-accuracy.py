@@ -16,7 +16,7 @@ from dataset import load_dataset_frame
 from harness.evaluation.accuracy import evaluate, mbxp_languages_to_run, samples_by_part
 from harness.evaluation.accuracy_log import DEFAULT_DTYPE, DTYPES, read_accuracy_log
 from harness.evaluation.inputs import dataset_or_demo, tokenizer_model_for
-from harness.evaluation.mbxp import SCORED_LANGUAGES, missing_toolchains
+from harness.evaluation.mbxp import SCORED_LANGUAGES, broken_toolchains
 from harness.evaluation.report import (
     accuracy_txt,
     file_sha256,
@@ -28,6 +28,7 @@ from harness.evaluation.report import (
 )
 from harness.evaluation.sentences import install_punkt_tab
 from harness.evaluation.targets import check_targets
+from harness.output_dirs import OUTPUT_DIR_EXIT_STATUS, OutputDirError, ensure_writable_dir
 from harness.tokenizer import load_sentencepiece
 
 log = logging.getLogger("evaluate-accuracy")
@@ -79,8 +80,7 @@ def validate_args(args: argparse.Namespace) -> list[str]:
     return skip
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
-    skip = validate_args(args)
+def run(args: argparse.Namespace, skip: list[str]) -> dict[str, object]:
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     tokenizer_model, dataset_file = resolve_inputs(args)
@@ -90,13 +90,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                                      vocab_size=sp.get_piece_size())
     seconds["load"] = time.perf_counter() - start
 
-    # Before any scoring: a missing toolchain would otherwise fail every answer of its language.
+    # Before any scoring: a broken toolchain would otherwise fail every answer of its language.
     needed = mbxp_languages_to_run(frame, samples_by_part(frame, accuracy_log)["MBXP"], skip)
-    missing = missing_toolchains(needed)
-    if missing:
-        lacking = [lang for lang in needed if missing_toolchains([lang])]
-        raise UsageError(f"MBXP toolchain missing: {'; '.join(missing)} (or pass --skip-languages "
-                         f"{','.join(lacking)} to leave those languages out, reported as skipped)")
+    broken = broken_toolchains(needed)
+    if broken:
+        problems = "; ".join(f"{lang}: {problem}" for lang, problem in broken.items())
+        raise UsageError(f"MBXP toolchain broken: {problems} (or pass --skip-languages {','.join(broken)} "
+                         "to leave those languages out, reported as skipped)")
 
     install_punkt_tab()
     evaluation = evaluate(frame, accuracy_log, sp, n_workers=args.n_workers, skip_languages=skip,
@@ -118,10 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def report(summary: dict[str, object], output_dir: Path) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(output_dir / "results.json", summary)
-    (output_dir / "accuracy.txt").write_text(accuracy_txt(summary["results"], summary["accuracy_log_sha256"]),
-                                             encoding="utf-8")
+    """Prints the results, then writes them: should the writing still fail, they have been shown."""
     print("\nResults\n")
     print(results_line(summary["results"]))
     print()
@@ -129,6 +126,9 @@ def report(summary: dict[str, object], output_dir: Path) -> None:
     if summary["mbxp_languages"]:
         print()
         print(mbxp_table(summary["mbxp_languages"]))
+    write_json(output_dir / "results.json", summary)
+    (output_dir / "accuracy.txt").write_text(accuracy_txt(summary["results"], summary["accuracy_log_sha256"]),
+                                             encoding="utf-8")
     print(f"\nWrote {output_dir / 'results.json'} and {output_dir / 'accuracy.txt'}")
 
 
@@ -139,8 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        summary = run(args)
-        report(summary, args.output_dir or args.mlperf_accuracy_file.parent)
+        skip = validate_args(args)
+        # Before any loading or scoring: a run must not end with results it cannot write.
+        output_dir = ensure_writable_dir(args.output_dir or args.mlperf_accuracy_file.parent, "--output-dir")
+        summary = run(args, skip)
+        report(summary, output_dir)
+    except OutputDirError as exc:
+        print(f"evaluate-accuracy.py: error: {exc}", file=sys.stderr)
+        return OUTPUT_DIR_EXIT_STATUS
     # DatasetError and AccuracyLogError are ValueErrors; RuntimeError: the MBXP sandbox cannot start.
     except (UsageError, ValueError, OSError, RuntimeError) as exc:
         if args.verbose:

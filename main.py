@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,9 @@ import mlperf_loadgen as lg
 
 from harness.backend import GenerationBackend
 from harness.endpoint import EndpointError
-from harness.openai_backend import DEFAULT_CONCURRENCY, build_openai_backend, check_api_flags
+from harness.interrupts import Interrupted, raising_interrupts, run_interruptible, signal_name
+from harness.openai_backend import DEFAULT_CONCURRENCY, build_openai_backend, check_api_flags, served_model_name
+from harness.output_dirs import OutputDirError, ensure_writable_dir
 
 log = logging.getLogger("main")
 
@@ -30,6 +33,7 @@ SCENARIOS = {"Offline": lg.TestScenario.Offline, "Server": lg.TestScenario.Serve
 DEMO_USER_CONF = ROOT / "user-demo.conf"
 EXIT_FAILED_RUN = 1
 EXIT_BAD_INPUT = 2
+ENGINE_CLOSE_TIMEOUT_S = 10.0  # a second Ctrl-C waits this long for engine processes to stop
 
 
 class UsageError(Exception):
@@ -49,7 +53,8 @@ class RunConfig:
     user_conf: Path | None
     mlperf_conf: Path | None
     total_sample_count: int
-    batch_size: int
+    batch_size: int | None
+    batching: str | None
     num_workers: int
     output_log_dir: Path
     enable_log_trace: bool
@@ -85,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlperf-conf", type=Path,
                    help="explicit mlperf.conf applied over loadgen's embedded one (official seeds kept)")
     p.add_argument("--total-sample-count", type=int, default=15000, help="use the first N dataset rows")
-    p.add_argument("--batch-size", type=int, default=1, help="samples per generate call (hf backend)")
+    p.add_argument("--batch-size", type=int,
+                   help="hf static: samples per generate call (default 1, the reference's); hf inflight: most "
+                        "sequences in one engine step (default: what the KV cache holds on a GPU, 32 on the CPU)")
+    p.add_argument("--batching", choices=("inflight", "static"),
+                   help="hf: inflight (transformers continuous batching: requests join and leave the running batch "
+                        "at every step) or static (one generate per batch); default: inflight")
     p.add_argument("--num-workers", type=int, default=1, help="worker threads feeding the backend(s)")
     p.add_argument("--output-log-dir", type=Path, default=Path("output-logs"),
                    help="loadgen logs; accuracy runs also journal answers to <dir>/run_outputs/")
@@ -122,7 +132,7 @@ def validate(config: RunConfig) -> None:
                         ("--num-workers", config.num_workers), ("--tensor-parallel-size", config.tensor_parallel_size),
                         ("--pipeline-parallel-size", config.pipeline_parallel_size), ("--replicas", config.replicas),
                         ("--api-concurrency", config.api_concurrency)):
-        if value < 1:
+        if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}")
     if config.watchdog_timeout <= 0:
         raise UsageError(f"--watchdog-timeout must be positive, got {config.watchdog_timeout}")
@@ -133,6 +143,8 @@ def validate(config: RunConfig) -> None:
         check_api_flags(config.backend, config.api_server, config.api_model_name)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if config.batching is not None and config.backend != "hf":
+        raise UsageError(f"--batching chooses how the hf backend batches; --backend {config.backend} batches itself")
     if config.resume and not config.accuracy:
         raise UsageError("--resume reuses journaled answers, which only an --accuracy run may do")
     for flag, path in (("--user-conf", config.user_conf), ("--mlperf-conf", config.mlperf_conf),
@@ -168,6 +180,13 @@ def _apply_conf(settings: lg.TestSettings, path: Path, scenario: str, conf_type:
     if code != 0:
         reason = {-2: "cannot be read", -22: "has a malformed line"}.get(code, f"was rejected (code {code})")
         raise UsageError(f"{path}: loadgen config {reason}")
+
+
+def check_audit_conf(config: RunConfig) -> None:
+    """loadgen reads --audit-conf only when the test starts and reports a bad one after it: parse
+    it now into settings that are thrown away (after build_settings, which must come first)."""
+    if config.audit_conf is not None:
+        _apply_conf(lg.TestSettings(), config.audit_conf, config.scenario, 2)
 
 
 _settings_built = False  # loadgen applies its embedded mlperf.conf once per process
@@ -208,6 +227,24 @@ def build_log_settings(config: RunConfig) -> lg.LogSettings:
     return settings
 
 
+def model_identity(config: RunConfig) -> dict:
+    """What the journal records as the model (harness.run_record): the checkpoint, or for the
+    endpoint backend the served model's name (any server of that model may continue a run)."""
+    from harness.run_record import checkpoint_identity
+
+    if config.backend == "openai":
+        try:
+            return {"served_model": served_model_name(config.api_server, config.api_model_name)}
+        except (EndpointError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
+    return checkpoint_identity(config.model_path)
+
+
+def hf_batching(config: RunConfig) -> str:
+    """How the hf backend batches: --batching, else in-flight (measured faster in both scenarios)."""
+    return config.batching or "inflight"
+
+
 def build_backends(config: RunConfig) -> list[GenerationBackend]:
     if config.backend == "openai":  # before torch is imported: the endpoint backend needs none
         try:
@@ -215,6 +252,7 @@ def build_backends(config: RunConfig) -> list[GenerationBackend]:
         except (EndpointError, ValueError) as exc:
             raise UsageError(str(exc)) from None
     from harness.hf_backend import HFBackend, resolve_device
+    from harness.hf_inflight_backend import HFInflightBackend
 
     try:
         device = resolve_device(config.device)
@@ -222,8 +260,10 @@ def build_backends(config: RunConfig) -> list[GenerationBackend]:
         raise UsageError(str(exc)) from None
     if config.backend == "hf":
         try:
-            return [HFBackend.load(str(config.model_path), config.dtype, device, config.batch_size)]
-        except (OSError, ValueError) as exc:
+            if hf_batching(config) == "static":
+                return [HFBackend.load(str(config.model_path), config.dtype, device, config.batch_size or 1)]
+            return [HFInflightBackend.load(str(config.model_path), config.dtype, device, config.batch_size)]
+        except Exception as exc:  # a checkpoint fails to load in many ways (truncated weights, bad config...)
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UsageError(f"{config.model_path}: cannot load the checkpoint ({first_line}) (--model-path)") from None
     if importlib.util.find_spec("vllm") is None:
@@ -254,6 +294,19 @@ class RunOutcome:
     detail: dict
     wall_seconds: float
     workers_ended: bool
+    interrupted_by: int | None = None  # the signal that stopped the run early
+
+
+def exit_now(sut: object, backends: list[GenerationBackend], signum: int) -> None:
+    """A second Ctrl-C: keep every finished answer, stop the engines, leave without waiting for
+    loadgen (whose Server schedule may have minutes to run)."""
+    sut.sink.flush_journal()
+    closing = threading.Thread(target=lambda: [backend.close() for backend in backends], daemon=True)
+    closing.start()
+    closing.join(ENGINE_CLOSE_TIMEOUT_S)
+    print(f"error: interrupted twice ({signal_name(signum)}): exiting now without loadgen's summary; "
+          "--resume continues an accuracy run from its journal", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
 
 
 def execute(config: RunConfig, backends: list[GenerationBackend] | None = None) -> RunOutcome:
@@ -262,30 +315,43 @@ def execute(config: RunConfig, backends: list[GenerationBackend] | None = None) 
     from dataset import DatasetError, MixtralDataset
     from harness.journal import Journal, JournalError
     from harness.loadgen_logs import read_detail_log
+    from harness.run_record import run_record
     from SUT import OfflineSUT, ServerSUT
 
     validate(config)
+    try:  # before anything long: loadgen could not write its logs (it would crash at the end)
+        ensure_writable_dir(config.output_log_dir, "--output-log-dir")
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
     config, demo = with_demo_assets(config)
     if demo:
         print("DEMO RUN: a tiny Mixtral trained on a sample set; its figures are not a Mixtral-8x7B result.",
               flush=True)
     settings = build_settings(config)
+    check_audit_conf(config)
     try:
         dataset = MixtralDataset(config.dataset_path, config.total_sample_count)
-        journal = Journal(config.output_log_dir / "run_outputs", config.resume) if config.accuracy else None
-    except (DatasetError, JournalError) as exc:
+        journal = None
+        if config.accuracy:
+            made_from = run_record(config.dataset_path, model_identity(config), config.dtype)
+            journal = Journal(config.output_log_dir / "run_outputs", config.resume, made_from)
+    except (DatasetError, JournalError, OSError) as exc:
         raise UsageError(str(exc)) from None
     owned = backends is None
     backends = backends or build_backends(config)
     try:
         sut_class = OfflineSUT if config.scenario == "Offline" else ServerSUT
         extra = {"sort_by_length": config.sort_by_length} if config.scenario == "Offline" else {}
-        sut = sut_class(dataset, backends, num_workers=config.num_workers, batch_size=config.batch_size,
+        sut = sut_class(dataset, backends, num_workers=config.num_workers, batch_size=config.batch_size or 1,
                         journal=journal, watchdog_timeout_s=config.watchdog_timeout, **extra)
+        log_settings = build_log_settings(config)
+        audit = str(config.audit_conf) if config.audit_conf else ""
         started = time.perf_counter()
         sut.start()
-        audit = str(config.audit_conf) if config.audit_conf else ""
-        lg.StartTestWithLogSettings(sut.sut, sut.qsl, settings, build_log_settings(config), audit)
+        interrupted_by = run_interruptible(
+            lambda: lg.StartTestWithLogSettings(sut.sut, sut.qsl, settings, log_settings, audit),
+            on_signal=lambda signum: stop_on_signal(sut, signum),
+            on_second_signal=lambda signum: exit_now(sut, backends, signum))
         wall_seconds = time.perf_counter() - started
         workers_ended = sut.stop()
         sut.destroy()
@@ -295,7 +361,14 @@ def execute(config: RunConfig, backends: list[GenerationBackend] | None = None) 
                 backend.close()
     detail_path = config.output_log_dir / "mlperf_log_detail.txt"
     detail = read_detail_log(detail_path) if detail_path.is_file() else {}
-    return RunOutcome(config, demo, sut, backends, detail, wall_seconds, workers_ended)
+    return RunOutcome(config, demo, sut, backends, detail, wall_seconds, workers_ended, interrupted_by)
+
+
+def stop_on_signal(sut: object, signum: int) -> None:
+    print(f"\ninterrupted ({signal_name(signum)}): stopping; loadgen ends its test once every issued query is "
+          "answered (Server: once its query schedule is over). Press Ctrl-C again to exit at once.",
+          file=sys.stderr, flush=True)
+    sut.fail(f"interrupted by {signal_name(signum)}")
 
 
 def report(outcome: RunOutcome) -> int:
@@ -307,6 +380,13 @@ def report(outcome: RunOutcome) -> int:
         print(f"  {label:<20} {value}")
     if outcome.demo:
         print("  (demo figures: a tiny model, not Mixtral-8x7B)")
+    if outcome.interrupted_by is not None:
+        journal = outcome.sut.journal
+        kept = (f"; {journal.answers} answers are journaled in {journal.folder}, --resume continues"
+                if journal is not None else "; its figures are not a result")
+        print(f"error: interrupted by {signal_name(outcome.interrupted_by)}: the run stopped early{kept}",
+              file=sys.stderr)
+        return 128 + outcome.interrupted_by
     if outcome.sut.failure is not None:
         print(f"error: the run failed: {outcome.sut.failure}", file=sys.stderr)
         return EXIT_FAILED_RUN
@@ -324,10 +404,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = config_from_args(build_parser().parse_args(argv))
     try:
-        return report(execute(config))
+        with raising_interrupts():
+            return report(execute(config))
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Interrupted as exc:
+        print(f"error: interrupted by {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from harness.tokenizer import EOS_ID as EOS_ID  # re-exported: the id every back
 MIN_NEW_TOKENS = 2
 MAX_NEW_TOKENS = 1024
 MBXP_STOP_IDS = (13, 13940, 28832, 13)  # "\n```\n"
+IDLE_POLL_S = 0.2  # how often a backend loop waiting for work looks at abort()
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteri
 
 from harness.backend import (
     EOS_ID,
+    IDLE_POLL_S,
     MAX_NEW_TOKENS,
     MIN_NEW_TOKENS,
     DoneHandler,
@@ -41,11 +42,13 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_model(model_path: str, dtype: str, device: str) -> torch.nn.Module:
+def load_model(model_path: str, dtype: str, device: str, attention: str | None = None) -> torch.nn.Module:
     """Load the checkpoint in `dtype`. "cuda" spreads the layers over every visible GPU
-    (device_map="auto"); "cuda:N" puts the whole model on GPU N; "cpu" keeps it on the CPU."""
+    (device_map="auto"); "cuda:N" puts the whole model on GPU N; "cpu" keeps it on the CPU.
+    attention: an attn_implementation (None: transformers' default)."""
     device_map = "auto" if device == "cuda" else device
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=TORCH_DTYPES[dtype], device_map=device_map)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=TORCH_DTYPES[dtype], device_map=device_map,
+                                                 attn_implementation=attention)
     model.eval()
     return model
 
@@ -109,6 +112,16 @@ class StreamingCriteria(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+class AbortCriteria(StoppingCriteria):
+    """Ends every row at the next step once abort() was called."""
+
+    def __init__(self, aborted: threading.Event) -> None:
+        self.aborted = aborted
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.aborted.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 @dataclass
 class PaddingStats:
     """Real tokens against the slots a static batch computes (prompt padding, finished rows)."""
@@ -142,10 +155,14 @@ class HFBackend:
         )
         self.padding = PaddingStats()
         self._padding_lock = threading.Lock()
+        self._aborted = threading.Event()
 
     @classmethod
     def load(cls, model_path: str, dtype: str = "float32", device: str = "cpu", batch_size: int = 1) -> HFBackend:
         return cls(load_model(model_path, dtype, resolve_device(device)), batch_size)
+
+    def abort(self) -> None:
+        self._aborted.set()
 
     def close(self) -> None:
         """Nothing to release beyond the model, which goes with the object."""
@@ -160,6 +177,8 @@ class HFBackend:
         for start in range(0, len(requests), self.batch_size):
             batch = requests[start:start + self.batch_size]
             answers, handed_over = self._generate_batch(batch, on_first_token, on_done)
+            if self._aborted.is_set():  # the rows not handed over yet were cut short
+                break
             if on_done is not None:
                 for request, answer, done in zip(batch, answers, handed_over, strict=True):
                     if not done:
@@ -175,8 +194,11 @@ class HFBackend:
     ) -> None:
         """Batch whatever queries are waiting (up to batch_size) into one generate; queries that
         arrive meanwhile wait for the next batch."""
-        while True:
-            first = requests.get()
+        while not self._aborted.is_set():
+            try:
+                first = requests.get(timeout=IDLE_POLL_S)
+            except queue.Empty:
+                continue
             if first is None:
                 return
             batch = [first]
@@ -203,7 +225,7 @@ class HFBackend:
         input_ids, attention_mask = left_pad([r.input_ids for r in batch])
         width = input_ids.shape[1]
         stop = StopSequenceCriteria(batch, width, self.input_device)
-        criteria = StoppingCriteriaList([stop])
+        criteria = StoppingCriteriaList([stop, AbortCriteria(self._aborted)])
         streaming = None
         if on_first_token is not None:
             streaming = StreamingCriteria(batch, width, stop, on_first_token, on_done)

@@ -8,15 +8,20 @@ renamed, so a killed run leaves only whole files; a restarted run (--resume) rea
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import numbers
 import os
 import pickle
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.run_record import differences
+
 log = logging.getLogger(__name__)
 
+RUN_RECORD = "run.json"  # what the answers were made from (harness.run_record)
 MAX_NAME_INDICES = 16  # longer batches get a short hashed name: file names stop at 255 bytes
 
 
@@ -56,11 +61,25 @@ def read_batch_file(path: Path) -> dict[int, list[int]]:
         with path.open("rb") as handle:
             record = pickle.load(handle)
         indices, outputs = record["query_ids"], record["outputs"]
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as exc:
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, AttributeError, ImportError,
+            ValueError) as exc:
         raise JournalError(f"{path}: not a run_outputs batch file ({type(exc).__name__}: {exc})") from None
-    if len(indices) != len(outputs):
-        raise JournalError(f"{path}: {len(indices)} query_ids but {len(outputs)} outputs")
-    return {int(i): [int(t) for t in out] for i, out in zip(indices, outputs, strict=True)}
+    try:
+        if len(indices) != len(outputs):
+            raise JournalError(f"{path}: {len(indices)} query_ids but {len(outputs)} outputs")
+        batch = {_integer(i): [_integer(t) for t in out] for i, out in zip(indices, outputs, strict=True)}
+    except (TypeError, ValueError) as exc:
+        raise JournalError(f"{path}: corrupt run_outputs batch file ({exc})") from None
+    if len(batch) != len(indices):
+        raise JournalError(f"{path}: corrupt run_outputs batch file (a qsl index appears twice)")
+    return batch
+
+
+def _integer(value: object) -> int:
+    """An id or index as an int; the reference's numpy integers pass, anything else is corruption."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"expected integers, found {type(value).__name__} {value!r:.40}")
+    return int(value)
 
 
 def read_journal(folder: Path) -> dict[int, list[int]]:
@@ -74,10 +93,25 @@ def read_journal(folder: Path) -> dict[int, list[int]]:
     return done
 
 
-class Journal:
-    """Appends finished batches to a run_outputs folder (each batch its own file, so workers never share one)."""
+def read_run_record(folder: Path) -> dict | None:
+    """RUN_RECORD of a journal folder (None: a journal from before records, or another harness)."""
+    path = folder / RUN_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise JournalError(f"{path}: unreadable run record ({exc})") from None
+    if not isinstance(record, dict):
+        raise JournalError(f"{path}: corrupt run record (not a JSON object)")
+    return record
 
-    def __init__(self, folder: Path, resume: bool) -> None:
+
+class Journal:
+    """Appends finished batches to a run_outputs folder (each batch its own file, so workers never
+    share one). `made_from` (harness.run_record) is written beside them; a resumed run must match it."""
+
+    def __init__(self, folder: Path, resume: bool, made_from: dict) -> None:
         self.folder = folder
         existing = sorted(folder.glob("q*.pkl")) if folder.is_dir() else []
         if existing and not resume:
@@ -85,11 +119,27 @@ class Journal:
                 f"{folder}: holds {len(existing)} outputs of an earlier run; pass --resume to reuse them "
                 "or choose another --output-log-dir"
             )
-        folder.mkdir(parents=True, exist_ok=True)
-        self.done = read_journal(folder) if resume else {}
+        self.done: dict[int, list[int]] = {}
         if resume:
+            self._check_same_run(read_run_record(folder) if folder.is_dir() else None, made_from, bool(existing))
+            self.done = read_journal(folder) if existing else {}
             log.info("Resuming: %d samples already answered in %s", len(self.done), folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomically(folder / RUN_RECORD, json.dumps(made_from, indent=1, sort_keys=True).encode())
+        self.answers = len(self.done)  # answers the folder holds
+
+    def _check_same_run(self, recorded: dict | None, made_from: dict, has_outputs: bool) -> None:
+        if recorded is None:
+            if has_outputs:
+                log.warning("%s has no %s: it cannot be checked against this run's dataset, model and settings",
+                            self.folder, RUN_RECORD)
+            return
+        changed = differences(recorded, made_from)
+        if changed:
+            raise JournalError(f"{self.folder}: its answers were made with another {'; another '.join(changed)}; "
+                               "resume with the same inputs or choose another --output-log-dir")
 
     def record(self, qsl_indices: Sequence[int], outputs: Sequence[Sequence[int]]) -> None:
         payload = pickle.dumps({"query_ids": list(qsl_indices), "outputs": [list(o) for o in outputs]})
         write_atomically(self.folder / batch_file_name(qsl_indices), payload)
+        self.answers += len(qsl_indices)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.backend import (
     EOS_ID,
+    IDLE_POLL_S,
     MAX_NEW_TOKENS,
     MIN_NEW_TOKENS,
     DoneHandler,
@@ -110,6 +111,7 @@ class VllmBackend:
         self._params = _greedy_params()
         self._in_flight: dict[str, _InFlight] = {}
         self._loop = threading.Lock()
+        self._aborted = threading.Event()
         self._ids = itertools.count()
         logger.info("vLLM engine ready: %s, %s, tp=%d, devices=%s", model_path, dtype, tensor_parallel_size,
                     device_ids if device_ids is not None else "default")
@@ -124,9 +126,9 @@ class VllmBackend:
         for request in requests:
             self._check_fits(request)
         answers: list[list[int]] = [[] for _ in requests]
-        with self._loop, self._abort_on_error():
+        with self._loop, self._abort_on_exit():
             order = {self._add(request): position for position, request in enumerate(requests)}
-            while self._in_flight:
+            while self._in_flight and not self._aborted.is_set():
                 for request_id, state in self._step(on_first_token):
                     answers[order[request_id]] = state.ids
                     if on_done is not None:
@@ -143,30 +145,32 @@ class VllmBackend:
         Several serving threads (replicas) may share one queue: put one None per thread.
         Anything after the None this loop took is left in the queue."""
         closing = False
-        with self._loop, self._abort_on_error():
-            while not closing or self._in_flight:
+        with self._loop, self._abort_on_exit():
+            while (not closing or self._in_flight) and not self._aborted.is_set():
                 if not closing:
                     closing = self._take_arrivals(requests, wait=not self._in_flight)
                 if self._in_flight:
                     for _, state in self._step(on_first_token):
                         on_done(state.request, state.ids)
 
+    def abort(self) -> None:
+        self._aborted.set()
+
     def close(self) -> None:
         """Stop the engine's worker processes."""
         self._engine.engine_core.shutdown()
 
     @contextlib.contextmanager
-    def _abort_on_error(self) -> Iterator[None]:
-        """If a loop fails (a handler raised, the engine died), drop its requests from the engine,
-        so a later call starts clean; the caller fails the samples it did not complete."""
+    def _abort_on_exit(self) -> Iterator[None]:
+        """If a loop ends early (abort(), a handler raised, the engine died), drop its requests from
+        the engine, so a later call starts clean; the caller fails the samples it did not complete."""
         try:
             yield
-        except BaseException:
+        finally:
             if self._in_flight:
                 with contextlib.suppress(Exception):  # the engine itself may be what failed
                     self._engine.abort_request(list(self._in_flight))
                 self._in_flight.clear()
-            raise
 
     def _check_fits(self, request: GenerationRequest) -> None:
         needed = len(request.input_ids) + MAX_NEW_TOKENS
@@ -182,7 +186,8 @@ class VllmBackend:
         block = wait
         while len(self._in_flight) < self.max_in_flight:
             try:
-                item = requests.get(block=block)
+                # An idle wait wakes now and then to notice abort().
+                item = requests.get(block=block, timeout=IDLE_POLL_S if block else None)
             except queue.Empty:
                 return False
             if item is None:

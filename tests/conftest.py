@@ -20,11 +20,11 @@ def demo_assets() -> DemoAssets:
 
 @pytest.fixture(scope="session")
 def hf_offline_answers(tmp_path_factory: pytest.TempPathFactory, demo_assets: DemoAssets) -> dict[int, list[int]]:
-    """The HF backend's answers on every demo row (an Offline accuracy run of main.py), which the
-    other backends must equal token for token."""
+    """The HF backend's answers on every demo row (an Offline accuracy run of main.py on static
+    batches, the reference's path), which the other backends must equal token for token."""
     out = tmp_path_factory.mktemp("hf_offline")
-    result = run_main("--scenario", "Offline", "--accuracy", "--batch-size", "8", "--output-log-dir", str(out),
-                      cwd=out)
+    result = run_main("--scenario", "Offline", "--accuracy", "--batching", "static", "--batch-size", "8",
+                      "--output-log-dir", str(out), cwd=out)
     assert result.returncode == 0, result.stderr[-3000:]
     return answers_by_index(out)
 

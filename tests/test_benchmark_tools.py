@@ -17,10 +17,10 @@ from tools import benchmark, plot_latency
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COMMON_KEYS = (
     "completed_samples", "output_tokens", "wall_s", "setup_s", "samples_per_s", "output_tokens_per_s",
-    "loadgen_samples_per_s", "loadgen_tokens_per_s", "harness_s", "prompt_padding_waste_pct",
-    "generated_padding_waste_pct", "peak_rss_mb", "num_errors",
+    "loadgen_samples_per_s", "loadgen_tokens_per_s", "harness_s", "peak_rss_mb", "num_errors",
 )
-OFFLINE_KEYS = (*COMMON_KEYS, "engine_s", "harness_share_pct")
+PADDING_KEYS = ("prompt_padding_waste_pct", "generated_padding_waste_pct")  # static batches only
+OFFLINE_KEYS = (*COMMON_KEYS, *PADDING_KEYS, "engine_s", "harness_share_pct")
 SERVER_KEYS = (*COMMON_KEYS, "target_qps", "p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms",
                "p50_latency_ms", "p99_latency_ms")
 LOAD_KEYS = ("synth_dataset_s", "dataset_load_s", "qsl_construct_ms", "rss_before_load_mb", "rss_after_load_mb",
@@ -52,7 +52,7 @@ def run_benchmark(tmp_path: Path, *flags: str) -> dict:
 
 
 def test_benchmark_offline_reports_every_figure(tmp_path, demo_assets):
-    results = run_benchmark(tmp_path, "--scenario", "Offline")
+    results = run_benchmark(tmp_path, "--scenario", "Offline", "--batching", "static")
     assert_numeric(results, OFFLINE_KEYS)
     assert results["completed_samples"] == 12
     assert results["result_validity"] == "VALID"
@@ -71,6 +71,23 @@ def test_benchmark_server_reports_latencies_and_plot(tmp_path, demo_assets):
                                                         "mixtral-8x7b.Server.min_query_count = 12"]
     assert results["result_validity"] in ("VALID", "INVALID")  # 12 queries are too few for early stopping
     assert png.read_bytes().startswith(PNG_MAGIC)
+    assert not set(PADDING_KEYS) & set(results), "in-flight batching pads nothing"
+
+
+def test_server_sweep_runs_each_rate(tmp_path, demo_assets):
+    out = tmp_path / "sweep.json"
+    result = run_tool("tools.server_sweep", "--qps", "16,8", "--output-json", str(out), "--",
+                      "--total-sample-count", "12", "--min-query-count", "12", cwd=tmp_path)
+    results = json.loads(out.read_text())
+    assert [run["target_qps"] for run in results["runs"]] == [8, 16]
+    for run in results["runs"]:
+        assert run["result_validity"] in ("VALID", "INVALID"), run
+        assert run["num_errors"] == 0 and run["failure"] is None
+        assert_numeric(run, ("p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms", "wall_s"))
+    valid = [run["target_qps"] for run in results["runs"] if run["result_validity"] == "VALID"]
+    assert results["highest_valid_qps"] == max(valid, default=None)
+    assert result.returncode == (0 if valid else 1)
+    assert "highest VALID rate" in result.stdout
 
 
 def detail_line(key: str, value: object) -> str:

@@ -93,19 +93,46 @@ def test_bad_journal_folders(demo_assets, env: dict[str, str], tmp_path: Path) -
     assert "no q*.pkl journal files" in _error(consolidate(demo_assets, env, tmp_path / "empty", tmp_path / "o"))
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "q0.pkl").write_bytes(b"not a pickle")
-    assert "q0.pkl: not a readable pickle" in _error(consolidate(demo_assets, env, tmp_path / "bad", tmp_path / "o"))
+    message = _error(consolidate(demo_assets, env, tmp_path / "bad", tmp_path / "o"))
+    assert "q0.pkl: not a run_outputs batch file" in message
+
+
+def test_unwritable_output_folder_stops_before_reading(demo_assets, env: dict[str, str], tmp_path: Path) -> None:
+    # The journal folder does not exist either: the output folder is named, so it was checked first.
+    proc = consolidate(demo_assets, env, tmp_path / "none", Path("/proc/consolidated/full_output.pkl"))
+    assert proc.returncode == 2
+    assert _error(proc).startswith("consolidate_results.py: error: --output-pkl-path /proc/consolidated: ")
 
 
 def test_collect_outputs_errors() -> None:
-    with pytest.raises(ConsolidationError, match="q0.pkl: 2 query_ids but 1 outputs"):
-        collect_outputs([("q0.pkl", {"query_ids": [0, 1], "outputs": [[5]]})], 2)
     with pytest.raises(ConsolidationError, match="q7.pkl: qsl index 7 is outside the dataset of 2 rows"):
-        collect_outputs([("q7.pkl", {"query_ids": [7], "outputs": [[5]]})], 2)
-    with pytest.raises(ConsolidationError, match="expected a dict with query_ids and outputs"):
-        collect_outputs([("q0.pkl", [[5]])], 1)
+        collect_outputs([("q7.pkl", {7: [5]})], 2)
+    with pytest.raises(ConsolidationError, match=r"rows with more than one output: 0 \(q0.pkl and q0_1.pkl\)"):
+        collect_outputs([("q0.pkl", {0: [5]}), ("q0_1.pkl", {0: [5], 1: [6]})], 2)
     missing = ", ".join(str(i) for i in range(1, 11))
     with pytest.raises(ConsolidationError, match=f"rows without an output: {missing}, ... \\(11 in all\\)"):
-        collect_outputs([("q0.pkl", {"query_ids": [0], "outputs": [[5]]})], 12)
+        collect_outputs([("q0.pkl", {0: [5]})], 12)
+
+
+@pytest.mark.parametrize("content, problem", [
+    ({"query_ids": [0, 1], "outputs": [[5]]}, "2 query_ids but 1 outputs"),
+    ([[5]], "not a run_outputs batch file"),
+    ({"query_ids": ["zero"], "outputs": [[5]]}, "expected integers, found str 'zero'"),
+    ({"query_ids": [0], "outputs": [[5, 1.5]]}, "expected integers, found float 1.5"),
+    ({"query_ids": [0], "outputs": [7]}, "corrupt run_outputs batch file"),
+    ({"query_ids": [0, 0], "outputs": [[5], [5]]}, "a qsl index appears twice"),
+])
+def test_hand_made_journal_files_are_named_as_corrupt(demo_assets, env: dict[str, str], tmp_path: Path,
+                                                      content: object, problem: str) -> None:
+    run_outputs = tmp_path / "run_outputs"
+    run_outputs.mkdir()
+    with open(run_outputs / "q0.pkl", "wb") as f:
+        pickle.dump(content, f)
+    proc = consolidate(demo_assets, env, run_outputs, tmp_path / "full_output.pkl")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert _error(proc).startswith(f"consolidate_results.py: error: {run_outputs / 'q0.pkl'}: ")
+    assert problem in _error(proc)
 
 
 def test_strip_trailing_eos() -> None:

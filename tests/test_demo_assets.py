@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import pickletools
 import time
 from pathlib import Path
 
@@ -38,6 +39,19 @@ def test_columns_and_dtypes(dataset: pd.DataFrame) -> None:
         assert all(isinstance(v, list) and all(type(i) is int for i in v) for v in dataset[col]), col
     for col in ("dataset", "id", "question", "input", "ref_output", "gt_output", "stop_sequence"):
         assert all(type(v) is str for v in dataset[col]), col
+
+
+def test_pickle_holds_plain_objects_only(demo_assets: DemoAssets, dataset: pd.DataFrame) -> None:
+    """pandas 2, which wrote the real MLCommons pickle and which users may run, cannot unpickle pandas
+    3's string arrays ("NotImplementedError: StringDtype(storage='python')"): the demo pickle, like
+    the real one, must name no pandas extension array or dtype, its column index included."""
+    assert dataset.columns.dtype == object
+    with demo_assets.dataset_path.open("rb") as handle:
+        names = {arg for _op, arg, _pos in pickletools.genops(handle) if isinstance(arg, str) and len(arg) < 64}
+    assert not {n for n in names if "Dtype" in n or "Array" in n or n.startswith("pandas.arrays")}
+    assert {n for n in names if n.startswith("pandas")} <= {
+        "pandas", "pandas._libs.internals", "pandas.core.indexes.base", "pandas.core.indexes.range",
+        "pandas.core.internals.managers"}
 
 
 def test_row_counts_and_languages(dataset: pd.DataFrame) -> None:

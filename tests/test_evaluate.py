@@ -9,7 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -139,21 +140,45 @@ def test_skipped_languages_are_reported(frame: pd.DataFrame, evaluate: Run, tmp_
     assert results["mbxp"] == summary["mbxp_languages"]["cpp"]["mbxp"]
 
 
-def test_missing_toolchain_stops_before_scoring(oracle_run, evaluate: Run, env: dict[str, str],
-                                                tmp_path: Path) -> None:
-    # A PATH with every tool except php.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("g++", "node", "ruby"):
-        found = shutil.which(tool)
-        if found:
-            (bin_dir / tool).symlink_to(found)
+@pytest.fixture
+def public_bin() -> Iterator[Path]:
+    """A folder of tool links that the checks' unprivileged user can reach (pytest's are private)."""
+    folder = Path(tempfile.mkdtemp(prefix="mbxp-bin-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize(("tools", "broken", "says"), [
+    (("g++", "as", "ld", "node", "ruby"), "php", "php not found on PATH"),
+    (("g++", "ld", "node", "ruby", "php"), "cpp", "a one-line cpp program does not pass: g++: fatal error: "
+                                                  "cannot execute ‘as’"),
+])
+def test_broken_toolchain_stops_before_scoring(oracle_run, evaluate: Run, env: dict[str, str], tmp_path: Path,
+                                               public_bin: Path, tools: tuple[str, ...], broken: str,
+                                               says: str) -> None:
+    for tool in tools:
+        (public_bin / tool).symlink_to(os.path.realpath(shutil.which(tool)))
     proc = evaluate(oracle_run[0], "--output-dir", str(tmp_path / "out"),
-                    run_env={**env, "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}"})
+                    run_env={**env, "PATH": f"{public_bin}{os.pathsep}{Path(sys.executable).parent}"})
     message = one_line_error(proc)
-    assert "php" in message and message.endswith("--skip-languages php to leave those languages out, "
-                                                  "reported as skipped)")
-    assert not (tmp_path / "out").exists()
+    assert f"MBXP toolchain broken: {broken}: {says}" in message
+    assert message.endswith(f"--skip-languages {broken} to leave those languages out, reported as skipped)")
+    assert list((tmp_path / "out").iterdir()) == []  # proven writable, then left empty: nothing was scored
+
+
+@pytest.mark.parametrize("output", ["/proc/evaluate-out", "file"])
+def test_unwritable_output_dir_stops_before_any_loading(evaluate: Run, tmp_path: Path, output: str) -> None:
+    (tmp_path / "file").write_text("keep me")
+    target = Path(output) if output.startswith("/") else tmp_path / output
+    log = write_log(tmp_path / "log" / "mlperf_log_accuracy.json", {0: [330, 2]})
+    # A dataset that cannot be loaded: the output folder's error shows that it was checked first.
+    unloadable = tmp_path / "not-a-pickle.pkl"
+    unloadable.write_text("not a pickle")
+    proc = evaluate(log, "--output-dir", str(target), "--dataset-file", str(unloadable))
+    assert proc.returncode == 2
+    assert one_line_error(proc).startswith(f"evaluate-accuracy.py: error: --output-dir {target}: ")
+    assert (tmp_path / "file").read_text() == "keep me"
 
 
 def test_malformed_log(evaluate: Run, tmp_path: Path) -> None:

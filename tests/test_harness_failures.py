@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,10 +12,9 @@ import time
 
 import pandas as pd
 import pytest
-import torch
-from transformers import MixtralConfig, MixtralForCausalLM
 
-from tests.run_helpers import ROOT, accuracy_entries, answers_by_index, run_main
+from harness.journal import read_journal
+from tests.run_helpers import ROOT, accuracy_entries, answers_by_index, random_tiny_mixtral, run_main
 
 QUICK = 120  # seconds: every failure here must end well within this
 
@@ -24,15 +25,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     last = result.stderr.strip().splitlines()[-1]
     for fragment in fragments:
         assert fragment in last, last
-
-
-def random_tiny_mixtral(folder, vocab_size: int) -> str:
-    torch.manual_seed(0)
-    config = MixtralConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=1, num_key_value_heads=1, head_dim=64, num_local_experts=2,
-                           num_experts_per_tok=1, bos_token_id=1, eos_token_id=2, max_position_embeddings=4096)
-    MixtralForCausalLM(config).save_pretrained(folder)
-    return str(folder)
 
 
 def test_missing_dataset_file(tmp_path):
@@ -80,16 +72,17 @@ def test_resume_needs_accuracy_mode(tmp_path):
     assert_one_line_error(result, "--resume")
 
 
-@pytest.mark.parametrize("scenario", ["Offline", "Server"])
-def test_generation_raising_in_a_worker_fails_the_run(tmp_path, demo_assets, scenario):
+@pytest.mark.parametrize("scenario, batching", [("Offline", "static"), ("Offline", "inflight"), ("Server", "inflight")])
+def test_generation_raising_in_a_worker_fails_the_run(tmp_path, demo_assets, scenario, batching):
     # A real failure inside generate: prompt ids beyond this model's 1,000-row embedding.
     model = random_tiny_mixtral(tmp_path / "small_vocab", vocab_size=1000)
     started = time.monotonic()
-    result = run_main("--scenario", scenario, "--accuracy", "--model-path", model, "--output-log-dir",
-                      str(tmp_path / "logs"), cwd=tmp_path, timeout=QUICK)
+    result = run_main("--scenario", scenario, "--accuracy", "--batching", batching, "--model-path", model,
+                      "--output-log-dir", str(tmp_path / "logs"), cwd=tmp_path, timeout=QUICK)
     assert time.monotonic() - started < QUICK
     assert result.returncode == 1
-    assert "error: the run failed: generation failed: IndexError" in result.stderr
+    assert "error: the run failed: generation failed: " in result.stderr
+    assert "index out of range" in result.stderr.strip().splitlines()[-1]
     assert len(accuracy_entries(tmp_path / "logs")) == len(pd.read_pickle(demo_assets.dataset_path)), \
         "every sample completed"
 
@@ -112,29 +105,165 @@ def test_earlier_outputs_are_not_overwritten_without_resume(tmp_path, demo_asset
     assert (journal / "q0.pkl").read_bytes() == b"kept"
 
 
-def test_killed_accuracy_run_resumes_to_the_same_log(tmp_path, demo_assets):
-    flags = ["--scenario", "Offline", "--accuracy", "--batch-size", "2"]
-    full = tmp_path / "full"
-    assert run_main(*flags, "--output-log-dir", str(full), cwd=tmp_path).returncode == 0
+# Static batches of 2 journal a file per batch: a run stopped part-way leaves several.
+JOURNALED_RUN = ("--scenario", "Offline", "--accuracy", "--batching", "static", "--batch-size", "2")
 
-    killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *flags, "--output-log-dir", str(killed)],
-                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, demo_assets):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    result = run_main(*JOURNALED_RUN, "--output-log-dir", str(out), cwd=out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def start_main(*flags: str, cwd) -> subprocess.Popen:
+    """main.py in its own process group, as a terminal runs it (Ctrl-C reaches the whole group)."""
+    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *flags], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def wait_for_journal_files(folder, count: int) -> None:
     deadline = time.monotonic() + 600
-    while len(list((killed / "run_outputs").glob("q*.pkl"))) < 3 and time.monotonic() < deadline:
+    while len(list(folder.glob("q*.pkl"))) < count and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def assert_resumes_to(flags: tuple[str, ...], out, uninterrupted) -> None:
+    resumed = run_main(*flags, "--resume", "--output-log-dir", str(out), cwd=out.parent)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert answers_by_index(out) == answers_by_index(uninterrupted)
+    counts = {e["qsl_idx"]: e["token_count"] for e in accuracy_entries(out)}
+    assert counts == {e["qsl_idx"]: e["token_count"] for e in accuracy_entries(uninterrupted)}
+
+
+def test_killed_accuracy_run_resumes_to_the_same_log(tmp_path, demo_assets, uninterrupted):
+    killed = tmp_path / "killed"
+    process = start_main(*JOURNALED_RUN, "--output-log-dir", str(killed), cwd=tmp_path)
+    wait_for_journal_files(killed / "run_outputs", 3)
     os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    process.communicate()
     journaled = list((killed / "run_outputs").glob("q*.pkl"))
     rows = len(pd.read_pickle(demo_assets.dataset_path))
     assert 3 <= len(journaled) < rows // 2, "killed part-way"
+    assert_resumes_to(JOURNALED_RUN, killed, uninterrupted)
 
-    resumed = run_main(*flags, "--resume", "--output-log-dir", str(killed), cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert answers_by_index(killed) == answers_by_index(full)
-    counts = {e["qsl_idx"]: e["token_count"] for e in accuracy_entries(killed)}
-    assert counts == {e["qsl_idx"]: e["token_count"] for e in accuracy_entries(full)}
+
+def test_ctrl_c_ends_the_run_cleanly_and_resume_completes_it(tmp_path, demo_assets, uninterrupted):
+    stopped = tmp_path / "stopped"
+    process = start_main(*JOURNALED_RUN, "--output-log-dir", str(stopped), cwd=tmp_path)
+    wait_for_journal_files(stopped / "run_outputs", 2)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=QUICK)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted by SIGINT: the run stopped early;") and "--resume continues" in last
+    assert (stopped / "mlperf_log_summary.txt").is_file(), "loadgen ended its test and wrote its logs"
+    journaled = read_journal(stopped / "run_outputs")
+    assert 4 <= len(journaled) < len(pd.read_pickle(demo_assets.dataset_path)), "stopped part-way"
+    full = answers_by_index(uninterrupted)
+    assert all(ids == full[index] for index, ids in journaled.items()), "only whole answers are journaled"
+    assert_resumes_to(JOURNALED_RUN, stopped, uninterrupted)
+
+
+def test_second_sigterm_exits_at_once_keeping_the_journal(tmp_path, demo_assets, uninterrupted):
+    # At 1 query/s loadgen's Server schedule outlasts the first signal by half a minute.
+    conf = tmp_path / "user.conf"
+    conf.write_text((ROOT / "user-demo.conf").read_text() + "mixtral-8x7b.Server.target_qps = 1\n")
+    flags = ("--scenario", "Server", "--accuracy", "--user-conf", str(conf))
+    stopped = tmp_path / "stopped"
+    process = start_main(*flags, "--output-log-dir", str(stopped), cwd=tmp_path)
+    while not (stopped / "mlperf_log_detail.txt").is_file() and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(5)
+    os.killpg(process.pid, signal.SIGTERM)
+    time.sleep(1)
+    assert process.poll() is None, "the first signal lets loadgen end its test"
+    os.killpg(process.pid, signal.SIGTERM)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=QUICK)
+    assert time.monotonic() - started < 20
+    assert process.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert "interrupted twice (SIGTERM)" in stderr.strip().splitlines()[-1]
+    full = answers_by_index(uninterrupted)
+    journaled = read_journal(stopped / "run_outputs")
+    assert all(ids == full[index] for index, ids in journaled.items())
+    assert_resumes_to(flags, stopped, uninterrupted)
+
+
+@pytest.fixture
+def demo_journal(tmp_path, demo_assets):
+    """An accuracy run's journal folder holding one demo answer, recorded against the demo inputs."""
+    from harness.journal import Journal
+    from harness.run_record import checkpoint_identity, run_record
+
+    logs = tmp_path / "logs"
+    record = run_record(demo_assets.dataset_path, checkpoint_identity(demo_assets.model_dir), "float32")
+    Journal(logs / "run_outputs", resume=False, made_from=record).record([0], [[330, 2]])
+    return logs
+
+
+@pytest.mark.parametrize("change, named", [
+    ("dataset", "another dataset file (sha256"),
+    ("model", "another model (config_sha256"),
+    ("dtype", "another generation settings (dtype: \"float32\" then, \"bfloat16\" now)"),
+])
+def test_resume_refuses_a_journal_made_from_other_inputs(tmp_path, demo_assets, demo_journal, change, named):
+    flags = ["--accuracy", "--resume", "--output-log-dir", str(demo_journal)]
+    if change == "dataset":
+        reversed_rows = tmp_path / "reversed.pkl"
+        pd.read_pickle(demo_assets.dataset_path).iloc[::-1].reset_index(drop=True).to_pickle(reversed_rows)
+        flags += ["--dataset-path", str(reversed_rows)]
+    elif change == "model":
+        flags += ["--model-path", random_tiny_mixtral(tmp_path / "other", vocab_size=32000)]
+    else:
+        flags += ["--dtype", "bfloat16"]
+    result = run_main(*flags, cwd=tmp_path, timeout=QUICK)
+    assert result.returncode == 2
+    assert_one_line_error(result, str(demo_journal / "run_outputs"), named, "choose another --output-log-dir")
+
+
+def test_resume_names_a_corrupt_journal_file(tmp_path, demo_journal):
+    corrupt = demo_journal / "run_outputs" / "q1.pkl"
+    with corrupt.open("wb") as handle:
+        pickle.dump({"query_ids": ["one"], "outputs": [[330]]}, handle)
+    result = run_main("--accuracy", "--resume", "--output-log-dir", str(demo_journal), cwd=tmp_path, timeout=QUICK)
+    assert result.returncode == 2
+    assert_one_line_error(result, str(corrupt), "corrupt run_outputs batch file", "found str 'one'")
+
+
+@pytest.mark.parametrize("folder", ["/proc/self", "/proc/self/nested", "a-file"])
+def test_unusable_output_log_dir_is_reported_before_any_work(tmp_path, folder):
+    if folder == "a-file":
+        (tmp_path / folder).write_text("")
+    result = run_main("--output-log-dir", folder, cwd=tmp_path, timeout=QUICK)
+    assert result.returncode == 2
+    assert_one_line_error(result, "--output-log-dir", folder)
+    assert "DEMO RUN" not in result.stdout, "checked before the demo assets or any model"
+
+
+def test_malformed_audit_conf_is_reported_before_the_run(tmp_path, demo_assets):
+    audit = tmp_path / "audit.config"
+    audit.write_text("*.*.mode = banana\n")
+    result = run_main("--audit-conf", str(audit), "--output-log-dir", str(tmp_path / "logs"), cwd=tmp_path,
+                      timeout=QUICK)
+    assert result.returncode == 2
+    assert_one_line_error(result, str(audit), "malformed")
+    assert "Loading weights" not in result.stderr, "before the model loads"
+
+
+def test_truncated_checkpoint_is_one_line(tmp_path, demo_assets):
+    checkpoint = tmp_path / "truncated"
+    shutil.copytree(demo_assets.model_dir, checkpoint)
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    result = run_main("--model-path", str(checkpoint), "--output-log-dir", str(tmp_path / "logs"), cwd=tmp_path,
+                      timeout=QUICK)
+    assert result.returncode == 2
+    assert_one_line_error(result, str(checkpoint), "cannot load the checkpoint", "--model-path")
 
 
 def test_malformed_user_conf(tmp_path, demo_assets):

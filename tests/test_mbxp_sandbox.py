@@ -1,7 +1,9 @@
 """Containment: each hostile answer is a real process that must end as a failure, in time, leaving no
-process and no folder behind; and missing toolchains are named before anything runs."""
+process and no folder behind; nothing it starts outlives its check, it reads nothing private, cannot
+forge a pass, and missing or broken toolchains are named before anything runs."""
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -11,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.evaluation.mbxp import MbxpTask, missing_toolchains, run_mbxp
+from harness.evaluation.mbxp import MbxpTask, broken_toolchains, missing_toolchains, run_mbxp
 from harness.evaluation.mbxp.confine import landlock_abi
 from harness.evaluation.mbxp.sandbox import MAX_RESULT_CHARS
 
@@ -19,6 +21,7 @@ RUN_TIMEOUT_S = 3.0
 TIME_ALLOWED_S = 20.0  # timeout + compile (g++ takes a few seconds on a busy machine) + cleanup
 
 CPP_FORK_BOMB = "#include <unistd.h>\nvoid f() { while (true) fork(); }\n"
+CPP_SESSION_FORK_BOMB = "#include <unistd.h>\nvoid f() { while (true) if (fork() == 0) setsid(); }\n"
 CPP_MAIN = "int main() { f(); return 0; }\n"
 
 
@@ -59,8 +62,9 @@ def _check_contained(lang: str, response: str, test_code: str = "") -> str:
     return verdict.result
 
 
-def test_cpp_fork_bomb_is_stopped():
-    result = _check_contained("cpp", CPP_FORK_BOMB, CPP_MAIN)
+@pytest.mark.parametrize("bomb", [CPP_FORK_BOMB, CPP_SESSION_FORK_BOMB], ids=["fork", "fork and setsid"])
+def test_cpp_fork_bomb_is_stopped(bomb):
+    result = _check_contained("cpp", bomb, CPP_MAIN)
     assert "timed out" in result
 
 
@@ -120,8 +124,6 @@ def _write_programs(target: Path) -> list[tuple[str, str, str]]:
 def test_write_to_another_users_folder_fails(tmp_path):
     target = tmp_path / "written-by-a-check"  # pytest's folder, private to the test's user
     for lang, response, test_code in _write_programs(target):
-        if lang == "python" and not landlock_abi():
-            continue  # python answers may run as the test's user (see sandbox.py); only Landlock stops them
         result = _check_contained(lang, response, test_code)
         assert "permission denied" in result.lower(), (lang, result)
         assert not target.exists(), lang
@@ -158,3 +160,118 @@ def test_python_needs_no_toolchain(tmp_path, monkeypatch):
 def test_unscored_language_rejected():
     with pytest.raises(ValueError, match="unscored"):
         run_mbxp([MbxpTask("k", "go", "f", "", "")], n_workers=1, progress=False)
+
+
+def _processes_with(token: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and token in " ".join(process.cmdline()):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _escape_programs(token: str) -> list[tuple[str, str, str]]:
+    """Programs that leave a shell behind in a session of its own (`token` names it) and exit 0 once
+    it runs (it creates the file "started")."""
+    arguments = f'"-c", ": > started; sleep 600; :", "{token}"'
+    wait_until_started = {"cpp": '  while (access("started", F_OK) != 0) usleep(1000);\n',
+                          "ruby": 'sleep 0.001 until File.exist?("started")\n',
+                          "php": 'while (!file_exists("started")) { usleep(1000); clearstatcache(); }\n'}
+    return [
+        ("javascript", f'require("child_process").spawn("/bin/sh", [{arguments}], '
+                       '{detached: true, stdio: "ignore"}).unref();\n', ""),
+        ("cpp", "#include <unistd.h>\nvoid f() {\n"
+                f'  if (fork() == 0) {{ setsid(); execl("/bin/sh", "sh", {arguments}, (char*) 0); }}\n'
+                + wait_until_started["cpp"] + "}\n", CPP_MAIN),
+        ("ruby", f'Process.detach(fork {{ Process.setsid; exec("/bin/sh", {arguments}) }})\n'
+                 + wait_until_started["ruby"], ""),
+        ("php", f"<?php\nexec(\"setsid /bin/sh -c ': > started; sleep 600; :' {token} > /dev/null 2>&1 &\");\n"
+                + wait_until_started["php"], ""),
+        ("python", "import importlib.util\nposix = importlib.util.module_from_spec(importlib.util.find_spec('posix'))\n"
+                   f"if posix.fork() == 0:\n    posix.setsid()\n    posix.execv('/bin/sh', ['sh', {arguments}])\n", ""),
+    ]
+
+
+@pytest.mark.parametrize(("lang", "response", "test_code"), _escape_programs("mbxp-escapee"),
+                         ids=lambda value: value if value in ("javascript", "cpp", "ruby", "php", "python") else "")
+def test_nothing_the_answer_starts_outlives_its_check(lang, response, test_code):
+    root = Path(tempfile.gettempdir())
+    token = f"mbxp-escapee-{uuid.uuid4().hex}"  # this test's survivor only, not another run's
+    task = MbxpTask("escape", lang, "f", response.replace("mbxp-escapee", token), test_code)
+    [verdict] = run_mbxp([task], n_workers=1, progress=False, run_timeout_s=RUN_TIMEOUT_S)
+    survivors = _processes_with(token)
+    for process in survivors:  # should the test fail: leave nothing behind
+        for member in [*process.children(recursive=True), process]:
+            member.kill()
+    assert survivors == [], verdict
+    assert _processes_in(root) == []
+    if lang == "python":  # python answers may start no process at all
+        assert "os.fork is not allowed" in verdict.result
+    else:
+        assert verdict.passed, verdict.result  # the program itself exited 0: a pass, as in the reference
+
+
+@pytest.mark.parametrize(("lang", "response", "test_code"), [
+    ("python", "print(open('/etc/shadow').read())\n", ""),
+    ("cpp", '#include <cstdio>\nvoid f() { FILE* i = fopen("/etc/shadow", "r"); if (!i) { perror("fopen"); '
+            "throw 1; } }\n", CPP_MAIN),
+    ("ruby", 'puts File.read("/etc/shadow")\n', ""),
+    ("javascript", 'console.log(require("fs").readFileSync("/etc/shadow", "utf8"));\n', ""),
+])
+def test_private_files_stay_unread(lang, response, test_code):
+    assert "permission denied" in _check_contained(lang, response, test_code).lower()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a harness running as root switches the checks' user")
+def test_python_answers_run_unprivileged_wherever_the_interpreter_lives():
+    task = MbxpTask("uid", "python", "f", "import os\ndef f():\n    return os.geteuid()\n",
+                    "def check(candidate):\n    assert candidate() != 0\n")
+    [verdict] = run_mbxp([task], n_workers=1, progress=False)
+    assert verdict.passed, verdict.result
+
+
+FAILING_TEST = "def check(candidate):\n    assert False\n"
+FORGERIES = {  # each tries to make a failing answer pass; afterwards the test itself fails
+    "verdict file and os._exit": "import os\nfor name in ('verdict.txt', 'verdict', 'result.txt'):\n"
+                                 "    open(name, 'w').write('passed')\nos._exit(0)\n",
+    "stdout and a re-created _exit": "import importlib.util\n"
+                                     "posix = importlib.util.module_from_spec(importlib.util.find_spec('posix'))\n"
+                                     "for fd in range(1, 64):\n    try:\n        posix.write(fd, b'passed')\n"
+                                     "    except OSError:\n        pass\nposix._exit(0)\n",
+    "the secret from stdin": "import os, importlib.util\n"
+                             "posix = importlib.util.module_from_spec(importlib.util.find_spec('posix'))\n"
+                             "posix.write(1, os.read(0, 256))\nposix._exit(0)\n",
+    "the wrapper's own frames": "import sys, os\nmain = sys._getframe().f_back.f_back.f_locals\n"
+                                "os.write(main['tell_fd'], b'!')\nimport time\ntime.sleep(0.5)\n"
+                                "main['write'](1, b'passed')\nmain['exit_now'](0)\n",
+    "its memory": "open('/proc/self/mem', 'rb')\n",
+    "the keeper thread's frame": "import sys\nsys._current_frames()\n",
+    "the garbage collector": "import gc\ngc.get_objects()\n",
+    "ctypes": "import ctypes\nctypes.CDLL(None).exit(0)\n",
+    "a signal during the failure report": "import signal, sys\n"
+                                          "signal.signal(signal.SIGALRM, lambda *args: sys.exit(0))\n"
+                                          "signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)\n",
+}
+
+
+@pytest.mark.parametrize("attempt", list(FORGERIES))
+def test_a_python_answer_cannot_forge_a_pass(attempt):
+    [verdict] = run_mbxp([MbxpTask("forge", "python", "f", FORGERIES[attempt], FAILING_TEST)], n_workers=1,
+                         progress=False, run_timeout_s=RUN_TIMEOUT_S)
+    assert not verdict.passed and verdict.result != "passed", verdict.result
+
+
+@pytest.mark.parametrize(("absent", "named"), [("as", "as"), ("ld", "ld")])
+def test_a_broken_cpp_toolchain_is_named_before_scoring(check_root, monkeypatch, absent, named):
+    # g++ itself is on PATH, but not the assembler or the linker it runs.
+    bin_dir = check_root / "bin"  # where the checks' user can reach it
+    bin_dir.mkdir()
+    for tool in {"g++", "ruby", "as", "ld"} - {absent}:
+        (bin_dir / tool).symlink_to(os.path.realpath(shutil.which(tool)))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    broken = broken_toolchains(["cpp", "ruby", "python"])
+    assert list(broken) == ["cpp"], broken
+    assert re.search(f"[‘']{named}[’']", broken["cpp"]), broken["cpp"]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs every toolchain the MBXP checker (harness/evaluation/mbxp) needs, on Debian 12:
-# g++, php-cli, ruby, node/npm (Debian's, only when no node is present), and typescript + lodash
-# in a fixed npm prefix that the checker reads (MBXP_NODE_PREFIX, default /opt/mbxp-node).
+# g++, php-cli, ruby, node/npm (Debian's, only when no node is present), typescript + lodash
+# in a fixed npm prefix that the checker reads (MBXP_NODE_PREFIX, default /opt/mbxp-node), and
+# Debian's python3, which runs python answers as "nobody" when the harness's own interpreter lives
+# where that user cannot read it (a pyenv under /root).
 # Idempotent: every step is skipped when its tool is already there, so a second run takes seconds.
 # Used by Dockerfile.eval and CI; run it as root (or with sudo available).
 set -euo pipefail
@@ -22,6 +24,7 @@ command -v php >/dev/null || missing_packages+=(php-cli)
 command -v ruby >/dev/null || missing_packages+=(ruby)
 command -v node >/dev/null || missing_packages+=(nodejs)
 command -v npm >/dev/null || missing_packages+=(npm)
+[ -x /usr/bin/python3 ] || missing_packages+=(python3)
 
 if [ "${#missing_packages[@]}" -gt 0 ]; then
     echo "install_eval_toolchains: apt-get install ${missing_packages[*]}"

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 DEMO_DIR_ENV = "MIXTRAL_DEMO_DIR"
 # Bump when the builders change what they produce: older caches are then rebuilt.
-ASSETS_VERSION = 2
+ASSETS_VERSION = 3
 MANIFEST = "manifest.json"
 LOCK = ".build.lock"
 

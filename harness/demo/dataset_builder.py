@@ -111,9 +111,11 @@ def mbxp_rows(sp: spm.SentencePieceProcessor, cases: list[dict]) -> list[dict]:
 
 def to_frame(rows: Iterable[dict]) -> pd.DataFrame:
     """DataFrame with the real pickle's dtypes (it was written by pandas 2): object columns for
-    text and token lists, int64 lengths. pandas 3 would otherwise infer its own str dtype."""
+    text and token lists, int64 lengths, an object column index. pandas 3 would otherwise infer
+    its own str dtype, which pandas 2 cannot unpickle."""
     rows = list(rows)
     frame = pd.DataFrame({col: pd.Series([r[col] for r in rows], dtype=object) for col in COLUMNS})
+    frame.columns = pd.Index(COLUMNS, dtype=object)
     for col in ("tok_input_len", "tok_ref_output_len"):
         frame[col] = frame[col].astype("int64")
     return frame

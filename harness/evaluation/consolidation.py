@@ -6,8 +6,7 @@ be lists or numpy arrays (the reference wrote arrays).
 
 from __future__ import annotations
 
-import pickle
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +15,7 @@ from tqdm import tqdm
 
 from harness.evaluation.rouge import rouge_pair
 from harness.evaluation.sentences import rouge_ready
+from harness.journal import JournalError, read_batch_file
 from harness.tokenizer import EOS_ID, reference_decode
 
 CONSOLIDATED_ROUGE = ("rouge1", "rouge2", "rougeL")
@@ -30,44 +30,33 @@ def _describe(indices: Sequence[int], limit: int = 10) -> str:
     return f"{shown}, ... ({len(indices)} in all)" if len(indices) > limit else shown
 
 
-def read_run_outputs(folder: str | Path) -> list[tuple[str, dict]]:
-    """(file name, content) of every q*.pkl in folder, sorted by name."""
+def read_run_outputs(folder: str | Path) -> list[tuple[str, dict[int, list[int]]]]:
+    """(file name, qsl index -> output ids) of every q*.pkl in folder, sorted by name."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ConsolidationError(f"{folder}: run outputs folder not found (pass --run-outputs)")
     files = sorted(folder.glob("q*.pkl"))
     if not files:
         raise ConsolidationError(f"{folder}: no q*.pkl journal files; was the run made with --accuracy?")
-    batches = []
-    for path in files:
-        try:
-            with open(path, "rb") as f:
-                batch = pickle.load(f)
-        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as exc:
-            raise ConsolidationError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
-        batches.append((path.name, batch))
-    return batches
+    try:
+        return [(path.name, read_batch_file(path)) for path in files]
+    except JournalError as exc:
+        raise ConsolidationError(str(exc)) from None
 
 
-def collect_outputs(batches: Iterable[tuple[str, dict]], n_rows: int) -> dict[int, list[int]]:
+def collect_outputs(batches: Iterable[tuple[str, Mapping[int, list[int]]]], n_rows: int) -> dict[int, list[int]]:
     """qsl index -> output ids over all journal files; every row of the dataset exactly once."""
     outputs: dict[int, list[int]] = {}
     seen_in: dict[int, str] = {}
     duplicated: list[str] = []
     for name, batch in batches:
-        if not isinstance(batch, dict) or not {"query_ids", "outputs"} <= batch.keys():
-            raise ConsolidationError(f"{name}: expected a dict with query_ids and outputs")
-        query_ids, ids_lists = list(batch["query_ids"]), list(batch["outputs"])
-        if len(query_ids) != len(ids_lists):
-            raise ConsolidationError(f"{name}: {len(query_ids)} query_ids but {len(ids_lists)} outputs")
-        for qsl_idx, ids in zip(query_ids, ids_lists, strict=True):
-            qsl_idx = int(qsl_idx)
+        for qsl_idx, ids in batch.items():
             if not 0 <= qsl_idx < n_rows:
                 raise ConsolidationError(f"{name}: qsl index {qsl_idx} is outside the dataset of {n_rows} rows")
             if qsl_idx in outputs:
                 duplicated.append(f"{qsl_idx} ({seen_in[qsl_idx]} and {name})")
                 continue
-            outputs[qsl_idx] = [int(i) for i in ids]
+            outputs[qsl_idx] = ids
             seen_in[qsl_idx] = name
     if duplicated:
         raise ConsolidationError(f"rows with more than one output: {_describe(duplicated)}")

@@ -1,14 +1,20 @@
-"""Confine this process, then exec the command that checks one answer.
+"""Run one untrusted command confined, and leave nothing of it alive: the supervisor of one check.
 
 Run as a script (standard library only, so it starts fast and needs nothing from the harness):
     python -I -B confine.py SPEC_JSON COMMAND [ARG...]
-SPEC_JSON: {"cpu_s", "memory_bytes", "file_bytes", "tasks", "user": [uid, gid] or null, "writable_dir"}.
+SPEC_JSON: {"cpu_s", "memory_bytes", "file_bytes", "tasks", "user": [uid, gid] or null, "writable_dir",
+"timeout_s"}.
 
-In order: resource limits; no_new_privs; Landlock (when the kernel offers it) so that only `writable_dir` (and
-/dev/null) can be written, TCP connect/bind is refused and signals cannot leave the sandbox; then, when
-started as root, the switch to the unprivileged `user`. Exec keeps all of it for the command and its
-children. The limits are set here, in a fresh single-threaded process, rather than in a preexec_fn of
-the multi-threaded runner.
+This process (the supervisor) becomes a child subreaper, so every process the command starts, a
+detached or setsid one included, stays its descendant (orphans are re-parented to it, not to init).
+It forks the command's process, which confines itself before exec: resource limits, no_new_privs,
+Landlock (when the kernel offers it) so that only `writable_dir` (and /dev/null) can be written,
+TCP connect/bind is refused and signals cannot leave the sandbox, then, when started as root, the
+switch to the unprivileged `user`. When the command exits, or after `timeout_s`, the supervisor
+SIGKILLs and reaps every descendant left, until it has no child at all, then ends:
+- with the command's exit status (128 + N when signal N killed it);
+- on timeout, by SIGKILL from itself, which no exit status of the command can look like.
+The supervisor never runs untrusted code, and as root it cannot be signalled by the checks.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ import ctypes
 import json
 import os
 import resource
+import signal
 import sys
+import time
+from contextlib import suppress
 
 # Linux syscall numbers, the same on every architecture for syscalls added after 5.x.
 _SYS_LANDLOCK_CREATE_RULESET = 444
@@ -25,6 +34,7 @@ _SYS_LANDLOCK_ADD_RULE = 445
 _SYS_LANDLOCK_RESTRICT_SELF = 446
 _LANDLOCK_CREATE_RULESET_VERSION = 1
 _LANDLOCK_RULE_PATH_BENEATH = 1
+_PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_NO_NEW_PRIVS = 38
 
 # Filesystem rights that change something (reading and executing stay unrestricted).
@@ -34,6 +44,8 @@ _FS_REFER = 1 << 13  # ABI 2
 _FS_TRUNCATE = 1 << 14  # ABI 3
 _NET_TCP = (1 << 0) | (1 << 1)  # ABI 4: bind, connect
 _SCOPES = (1 << 0) | (1 << 1)  # ABI 6: abstract unix sockets, signals
+
+EXEC_FAILED = 127  # the command could not be started; its reason is on stderr
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -53,9 +65,13 @@ def _check(result: int) -> int:
     return result
 
 
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _syscall(*args: object) -> int:
     """libc's syscall(); ints widened to long, pointers (ctypes.byref) passed as they are."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     libc.syscall.restype = ctypes.c_long
     return _check(libc.syscall(*[ctypes.c_long(a) if isinstance(a, int) else a for a in args]))
 
@@ -92,12 +108,12 @@ def _set_limits(spec: dict) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def main(argv: list[str]) -> None:
-    spec = json.loads(argv[1])
-    command = argv[2:]
+def _confine_and_exec(spec: dict, command: list[str]) -> None:
+    """In the forked child: confine this process, then become the command."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})  # the mask survives exec
     _set_limits(spec)
     # no_new_privs: setuid binaries (su, sudo) cannot undo the user switch below; Landlock also requires it.
-    _check(ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+    _check(_libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
     abi = landlock_abi()
     if abi:
         _restrict_writes(spec["writable_dir"], abi)
@@ -107,6 +123,74 @@ def main(argv: list[str]) -> None:
         os.setgid(gid)
         os.setuid(uid)
     os.execv(command[0], command)
+
+
+def _wait(pid: int, timeout_s: float) -> int | None:
+    """The wait status of child `pid`, None when it ran past timeout_s (SIGCHLD is blocked, so that
+    sigtimedwait wakes at any child's exit; those of re-parented orphans only cause another look)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        signal.sigtimedwait({signal.SIGCHLD}, remaining)
+
+
+def _descendants() -> list[int]:
+    """Every process below this one, from the parent links in /proc (a moment's view)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with suppress(OSError, ValueError, IndexError), open(f"/proc/{name}/stat") as stat:
+                # Fields after the ")" that ends the command name: state, ppid, ...
+                children.setdefault(int(stat.read().rsplit(")", 1)[1].split()[1]), []).append(int(name))
+    found, unvisited = [], [os.getpid()]
+    while unvisited:
+        below = children.get(unvisited.pop(), [])
+        found += below
+        unvisited += below
+    return found
+
+
+def _end_descendants() -> None:
+    """SIGKILL and reap every process left below this one until it has no child at all. As the
+    subreaper it inherits every orphan, so when it has no child, no descendant is left. All are
+    killed at once, not generation by generation, which a fork bomb would outrun. Killing by number
+    is safe: the kernel hands pids out cyclically, so one is reused only after all others (pid_max)
+    have been, not in the moment between the scan and the kill."""
+    while True:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:  # reap those that ended
+                pass
+        except ChildProcessError:
+            return
+        for pid in _descendants():
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.001)  # for the killed to end
+
+
+def main(argv: list[str]) -> None:
+    spec, command = json.loads(argv[1]), argv[2:]
+    _check(_libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _confine_and_exec(spec, command)
+        except BaseException as error:  # nothing of the supervisor's code may run in this child
+            os.write(2, f"confine.py: cannot start {command[0]}: {error}\n".encode(errors="replace"))
+        finally:
+            os._exit(EXEC_FAILED)
+    status = _wait(pid, spec["timeout_s"])
+    _end_descendants()
+    if status is None:
+        os.kill(os.getpid(), signal.SIGKILL)
+    code = os.waitstatus_to_exitcode(status)
+    sys.exit(code if code >= 0 else 128 - code)
 
 
 if __name__ == "__main__":

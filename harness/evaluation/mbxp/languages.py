@@ -7,31 +7,31 @@
 | typescript | tsc program.ts --target es5 --lib es2016 | node program.js | tsc exits 2, run exits 0 |
 | php | - | php program.php | exit 0 |
 | ruby | - | ruby program.rb | exit 0 |
-| python | - | exec in python_child.py | no exception |
+| python | - | exec in python_child.py | exec returns (no exception) |
 
 tsc exit 2 means "type errors, JavaScript emitted anyway"; the reference counts only that status as
 compiled, and the tests' `import * as assert from 'assert'` is a type error without @types/node.
 Only exit codes count (stdout is discarded); the result string is the failing step's stderr.
+Python answers print nothing either: their stdout carries python_child.py's verdict to the checker.
 """
 
 from __future__ import annotations
 
-import os
+import secrets
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.evaluation.mbxp import python_child
 from harness.evaluation.mbxp.programs import MbxpTask, assemble_program
-from harness.evaluation.mbxp.sandbox import MAX_RESULT_CHARS, Confinement, check_folder, run_confined
+from harness.evaluation.mbxp.sandbox import MAX_RESULT_CHARS, Confinement, RunOutcome, check_folder, run_confined
 from harness.evaluation.mbxp.toolchains import Toolchains
 
 COMPILE_TIMEOUT_S = 100.0
 RUN_TIMEOUT_S = 20.0
-PYTHON_GRACE_S = 2.0  # the python child stops itself at the run timeout; this is for a child that hangs
 TSC_COMPILED = 2
+FAILED = "failed: "  # how python_child.py reports a failure
 
 
 @dataclass(frozen=True)
@@ -76,38 +76,36 @@ def check_compiled_language(task: MbxpTask, tools: Toolchains, confinement: Conf
     with check_folder(confinement) as folder:
         (folder / steps.source).write_text(assemble_program(task), encoding="utf-8")
         if steps.compile:
-            compiled = run_confined(steps.compile, folder, COMPILE_TIMEOUT_S, confinement, node_path)
+            compiled = run_confined(steps.compile, folder, COMPILE_TIMEOUT_S, confinement, node_path=node_path)
             if compiled.returncode is None:
                 return False, _timed_out_message(steps.compile, COMPILE_TIMEOUT_S)
             if not steps.compiled(compiled.returncode):
                 return False, compiled.stderr
-        ran = run_confined(steps.run, folder, run_timeout_s, confinement, node_path)
+        ran = run_confined(steps.run, folder, run_timeout_s, confinement, node_path=node_path)
     if ran.returncode is None:
         return False, _timed_out_message(steps.run, run_timeout_s)
     return ran.returncode == 0, ran.stderr
 
 
-def _read_verdict(path: Path) -> str:
-    """The python child's verdict; "" when it wrote none. O_NOFOLLOW: the program, which may write in its
-    folder, must not be able to make us read another file through a symlink."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return ""
-    with os.fdopen(fd, "rb") as verdict:
-        return verdict.read(MAX_RESULT_CHARS).decode("utf-8", errors="replace")
+def _python_verdict(ran: RunOutcome, secret: bytes) -> tuple[bool, str]:
+    """Passed only with exit status 0 and the checker's secret at the end of stdout, which the
+    answer cannot produce (see python_child.py); a run that left no failure message was killed
+    (timeout, CPU or memory limit), which the reference reports as "timed out"."""
+    if ran.returncode == 0 and ran.stdout_tail.endswith(secret):
+        return True, "passed"
+    text = ran.stdout_tail.decode("utf-8", errors="replace")
+    failed_at = text.rfind(FAILED)
+    if ran.returncode is None or failed_at < 0:
+        return False, "timed out"
+    return False, text[failed_at:][:MAX_RESULT_CHARS]
 
 
 def check_python(task: MbxpTask, confinement: Confinement, run_timeout_s: float) -> tuple[bool, str]:
-    confinement = confinement.for_python()
+    secret = secrets.token_hex(16).encode()
     with check_folder(confinement) as folder:
         # A copy inside the folder, so the unprivileged user can read it wherever the repository lives.
         child = shutil.copy(Path(python_child.__file__), folder / "python_child.py")
         (folder / "program.py").write_text(assemble_program(task), encoding="utf-8")
-        command = (sys.executable, "-I", "-B", str(child), "program.py", str(run_timeout_s), "verdict.txt")
-        run_confined(command, folder, run_timeout_s + PYTHON_GRACE_S, confinement)
-        verdict = _read_verdict(folder / "verdict.txt")
-    # No verdict: the child was killed (timeout, CPU or memory limit); the reference says "timed out".
-    if not verdict:
-        return False, "timed out"
-    return verdict == "passed", verdict
+        command = (confinement.python, "-I", "-B", str(child), "program.py", *confinement.python_path)
+        ran = run_confined(command, folder, run_timeout_s, confinement, stdin=secret, keep_stdout=True)
+    return _python_verdict(ran, secret)

@@ -1,27 +1,44 @@
-"""Execute one python answer the way the reference checker does, in this (already confined) process.
+"""Execute one python answer the way the reference checker does, in this (already confined) process,
+and report a pass in a way the answer cannot forge.
 
-Run as a script (standard library only):
-    python -I -B python_child.py PROGRAM_FILE TIMEOUT_S VERDICT_FILE
-and writes "passed", "failed: <exception>" or "timed out" to VERDICT_FILE.
+Run as a script (standard library only), with a secret of the checker's on stdin:
+    python -I -B python_child.py PROGRAM_FILE [SYS_PATH_DIR...]
+A pass is the secret written to stdout and exit status 0; a failure is "failed: <exception>" on
+stdout and exit status 1; the checker's supervisor stops a run that passes its timeout ("timed out").
 
 As in the reference: the program is exec'd with empty globals (so `__name__` is "builtins" and an
 `if __name__ == "__main__":` block does not run), printed output is discarded and reading stdin fails,
-a wall-clock alarm stops it after TIMEOUT_S, and before it runs the builtins and os/shutil/subprocess
-functions that end, kill, spawn or delete things are replaced by None (so `exit(0)` fails with
-"'NoneType' object is not callable", while `sys.exit(0)` raises SystemExit and gives "failed: 0").
-These guards are not a security boundary on their own; the process also runs under confine.py.
+and before it runs the builtins and os/shutil/subprocess functions that end, kill, spawn or delete
+things are replaced by None (so `exit(0)` fails with "'NoneType' object is not callable", while
+`sys.exit(0)` raises SystemExit and gives "failed: 0"). The answer passes when exec returns.
+
+Why a pass cannot be forged: the answer runs in this process and can do whatever this code can
+(write any file descriptor, re-create the posix module and call _exit(0), read its caller's frames),
+so the verdict rests on something it cannot reach. A keeper thread, started before the answer, takes
+the secret off stdin and waits; after exec returns, the main thread tells it so and the keeper
+checks for itself that the generator running exec has reached its `yield`, a state only a normal
+return of exec leads to, before it writes the secret and ends the process. The answer cannot reach
+the keeper's frame (which alone holds the secret) through frames, signal handlers (they run in the
+main thread) or tracing; an audit hook (which Python code cannot remove) refuses the ways around
+that: other threads' frames, the garbage collector's object lists, ctypes and crafted code objects,
+and starting or replacing processes through os and subprocess; and the process is not dumpable, so
+that neither /proc/self/mem nor a process it still manages to start (_posixsubprocess raises no
+audit event) can read the secret. Left open: whatever breaks CPython's memory safety from Python
+code (e.g. malformed bytecode loaded with marshal).
 """
 
 from __future__ import annotations
 
+import _thread
 import builtins
+import ctypes
 import faulthandler
 import io
 import os
 import shutil
-import signal
 import subprocess
 import sys
+from collections.abc import Generator
 
 _DISABLED = {
     builtins: ("exit", "quit", "help"),
@@ -32,10 +49,14 @@ _DISABLED = {
     subprocess: ("Popen",),
 }
 _BLOCKED_MODULES = ("ipdb", "joblib", "resource", "psutil", "tkinter")
-
-
-class _Timeout(Exception):
-    pass
+# Audit events refused once the answer may run (see the module's docstring).
+_REFUSED_EVENTS = frozenset({
+    "sys._current_frames", "sys._current_exceptions", "sys.addaudithook", "sys.monitoring.register_callback",
+    "gc.get_objects", "gc.get_referrers", "gc.get_referents", "code.__new__",
+    "os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen",
+})
+_PR_SET_DUMPABLE = 4
+_SECRET_MAX_BYTES = 256
 
 
 class _DiscardOutput(io.StringIO):
@@ -54,8 +75,14 @@ class _NoInput(io.StringIO):
         raise OSError
 
 
-def _on_alarm(signum: int, frame: object) -> None:
-    raise _Timeout
+def _check(result: int) -> None:
+    if result != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
+def _refuse(event: str, args: tuple) -> None:
+    if event in _REFUSED_EVENTS or event.startswith("ctypes."):
+        raise PermissionError(f"{event} is not allowed in an MBXP check")
 
 
 def _disable_dangerous_functions() -> None:
@@ -69,31 +96,59 @@ def _disable_dangerous_functions() -> None:
         sys.modules[module] = None  # type: ignore[assignment]  # makes `import module` fail
 
 
-def check(program: str, timeout_s: float) -> str:
-    sys.stdout, sys.stderr, sys.stdin = _DiscardOutput(), _DiscardOutput(), _NoInput()
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+def _run(program: str) -> Generator[None, None, None]:
+    """Suspends at its yield only when exec returned normally."""
+    exec(program, {})
+    yield
+
+
+def _keep_verdict(run: Generator[None, None, None], told_fd: int, ready: _thread.LockType) -> None:
+    """The keeper thread. Its locals only, no global or attribute of a module after the start (the
+    answer can replace those), and no allocation of objects the garbage collector tracks (a
+    collection could run an answer's finalizer in this thread)."""
+    read, write, exit_now = os.read, os.write, os._exit
+    secret = read(0, _SECRET_MAX_BYTES)
+    ready.release()
+    while read(told_fd, 1):  # anyone can write to the pipe: the generator's state is what counts
+        if run.gi_suspended:
+            write(1, secret)
+            exit_now(0)
+
+
+def _failure(error: BaseException) -> str:
     try:
-        exec(program, {})
-        return "passed"
-    except _Timeout:
-        return "timed out"
-    except BaseException as error:  # SystemExit and KeyboardInterrupt too: the reference reports them
         return f"failed: {error}"
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+    except BaseException:  # the answer's own exception type may fail to print
+        return f"failed: {type(error).__name__}"
 
 
 def main(argv: list[str]) -> None:
-    program_file, timeout_s, verdict_file = argv[1], float(argv[2]), argv[3]
-    with open(program_file, encoding="utf-8") as source:
+    with open(argv[1], encoding="utf-8") as source:
         program = source.read()
-    with open(verdict_file, "w", encoding="utf-8") as verdict:  # opened before the guards and the program
-        _disable_dangerous_functions()
-        verdict.write(check(program, timeout_s))
-    # Skip interpreter shutdown: threads or atexit handlers the program left must not change the verdict.
-    os._exit(0)
+    sys.path.extend(argv[2:])
+    _check(ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0))
+    run = _run(program)
+    told_fd, tell_fd = os.pipe()
+    ready = _thread.allocate_lock()
+    ready.acquire()
+    _thread.start_new_thread(_keep_verdict, (run, told_fd, ready))
+    ready.acquire()  # the keeper has taken the secret off stdin: the answer cannot read it there
+    sys.addaudithook(_refuse)
+    _disable_dangerous_functions()
+    sys.stdout, sys.stderr, sys.stdin = _DiscardOutput(), _DiscardOutput(), _NoInput()
+    write, exit_now = os.write, os._exit
+    try:
+        next(run)
+    except BaseException as error:  # SystemExit and KeyboardInterrupt too: the reference reports them
+        write(1, _failure(error).encode("utf-8", errors="replace"))
+        exit_now(1)
+    write(tell_fd, b"!")
+    ready.acquire()  # held by this thread: waits for good, the keeper ends the process
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    try:
+        main(sys.argv)
+    except Exception as setup_error:  # before the answer ran: say why, rather than look like a timeout
+        os.write(1, f"failed: checker error: {setup_error}".encode("utf-8", errors="replace"))
+        os._exit(1)

@@ -32,14 +32,16 @@ def run_mbxp(tasks: Sequence[MbxpTask], n_workers: int, progress: bool = True, *
              run_timeout_s: float = RUN_TIMEOUT_S) -> list[MbxpVerdict]:
     """Checks every task, n_workers at a time (each check is a few processes; workers are threads
     that wait on them). Raises ValueError for tasks in unscored languages and RuntimeError naming
-    the missing toolchains before checking anything."""
+    the missing toolchains, or when no interpreter can run python answers unprivileged, before
+    checking anything."""
     if n_workers < 1:
         raise ValueError(f"n_workers must be at least 1, got {n_workers}")
     unscored = sorted({task.lang for task in tasks} - set(SCORED_LANGUAGES))
     if unscored:
         raise ValueError(f"MBXP tasks in unscored languages {unscored}; keep only {SCORED_LANGUAGES}")
-    tools = locate_toolchains({task.lang for task in tasks})
-    confinement = Confinement.for_workers(n_workers)
+    languages = {task.lang for task in tasks}
+    tools = locate_toolchains(languages)
+    confinement = Confinement.for_workers(n_workers, python_answers="python" in languages)
     logger.info("MBXP: %d answers, %d workers; %s", len(tasks), n_workers, confinement.describe())
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
         futures = [pool.submit(_check, task, tools, confinement, run_timeout_s) for task in tasks]

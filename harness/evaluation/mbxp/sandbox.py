@@ -1,27 +1,28 @@
-"""Small pieces that run one untrusted command: a fresh folder, limits, a process group that is killed.
+"""Small pieces that run one untrusted command: a fresh folder, a supervisor that confines it and
+leaves nothing of it alive, the interpreter that runs python answers.
 
 What a check gets:
 - a fresh temporary folder (its working directory, HOME and TMPDIR), removed afterwards;
-- its own session and process group; on timeout, and again after every run, the whole group is
-  SIGKILLed, and we wait until no live member is left;
-- limits, via confine.py: CPU time, address space, size of any file written (stderr included), the
-  number of tasks of its user, no core dumps, no new privileges (setuid binaries do not elevate);
+- a supervisor (confine.py) that is a child subreaper: every process the command starts, however
+  detached (setsid, double fork, node's detached spawn), stays below it and is SIGKILLed and
+  reaped when the command exits or times out, before the check returns;
+- limits: CPU time, address space, size of any file written (stderr included), the number of
+  tasks of its user, no core dumps, no new privileges (setuid binaries do not elevate);
 - when the kernel offers Landlock: writes allowed only inside its folder (and to /dev/null), TCP bind
-  and connect refused, and (ABI 6+) no signals to processes outside the sandbox;
-- when the harness runs as root: the unprivileged user "nobody", so files of other users and root's
-  files cannot be changed even without Landlock. Python answers too, unless "nobody" cannot run the
-  harness's interpreter (e.g. a pyenv under /root): then they run as root, still with Landlock (where
-  available), the limits, and the reference's guards (python_child.py);
+  and connect refused, no ptrace of processes outside it, and (ABI 6+) no signals to them;
+- when the harness runs as root: the unprivileged user "nobody", python answers included (they
+  run with an interpreter of the harness's Python version that "nobody" can run: the harness's own,
+  or the system's when the harness's lives in a folder closed to others, such as /root);
 - stdin empty, stdout discarded, and an environment of PATH, HOME, TMPDIR, LANG and NODE_PATH only.
 
 What it does not provide: no container, namespaces or seccomp. A check can read every file its user
 can read, and can use UDP and unix sockets (TCP too without Landlock ABI 4); the checks need no
 network, but nothing cuts it off. Without Landlock (older kernels, some container seccomp profiles) a
 check may write wherever its user may: as "nobody", world-writable places such as /tmp; when the
-harness is not root, the harness user's own files; and python answers that run as root are then
-held back only by the reference's guards. A process that calls setsid() leaves the group that is
-killed (it still dies at its CPU-time limit unless it sleeps). Concurrent checks share one user, so
-one check exhausting the task limit can make another check's fork fail.
+harness is not root, the harness user's own files (and it could ptrace the harness). A process
+started by another program at the check's request (a system daemon) is not its descendant.
+Concurrent checks share one user, so one check exhausting the task limit can make another check's
+fork fail.
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ import os
 import pwd
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
+from contextlib import contextmanager, nullcontext, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.evaluation.mbxp import confine
@@ -50,7 +51,15 @@ MEMORY_BYTES = 4 << 30  # address space; node and tsc run well within it
 FILE_BYTES = 64 << 20  # largest file a check may write
 TASKS_PER_WORKER = 64  # processes + threads one check may need: node has ~11, g++ ~4 processes
 MAX_RESULT_CHARS = 10_000  # stderr kept in a verdict
-GROUP_EXIT_WAIT_S = 5.0
+SUPERVISOR_GRACE_S = 10.0  # beyond a check's timeout, for the supervisor to start and clean up
+PYTHON_VERSION = sys.version_info[:2]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    returncode: int | None  # None: timed out
+    stderr: str
+    stdout_tail: bytes = b""  # the end of stdout, when run_confined was asked to keep it
 
 
 @dataclass(frozen=True)
@@ -59,44 +68,61 @@ class Confinement:
 
     user: tuple[int, int] | None  # (uid, gid) to switch to; None when the harness is not root
     tasks: int  # RLIMIT_NPROC, counted over all processes and threads of the user
-    python_as_user: bool  # whether `user` can run this interpreter (not when it lives under /root)
+    python: str = ""  # the interpreter for python answers ("" when none are checked)
+    python_path: tuple[str, ...] = ()  # the harness's packages, added to sys.path when python is another
 
     @classmethod
-    def for_workers(cls, n_workers: int) -> Confinement:
-        """Raises RuntimeError when a confined process cannot even start (confine.py fails here)."""
+    def for_workers(cls, n_workers: int, python_answers: bool = True) -> Confinement:
+        """Raises RuntimeError when no interpreter for python answers can run confined."""
         user = _unprivileged_user() if os.geteuid() == 0 else None
         uid = user[0] if user else os.getuid()
         # The limit counts every task of the uid, so start from what it already runs.
-        confinement = cls(user, _count_tasks(uid) + TASKS_PER_WORKER * (n_workers + 1), python_as_user=True)
-        if user is not None and _probe(confinement).returncode != 0:
-            confinement = replace(confinement, python_as_user=False)
-        probe = _probe(confinement.for_python())
-        if probe.returncode != 0:
-            raise RuntimeError(f"MBXP checks cannot run confined: {probe.stderr or probe.returncode}")
-        return confinement
+        confinement = cls(user, _count_tasks(uid) + TASKS_PER_WORKER * (n_workers + 1))
+        return confinement.with_python() if python_answers else confinement
 
-    def for_python(self) -> Confinement:
-        return self if self.python_as_user else replace(self, user=None)
+    def with_python(self) -> Confinement:
+        """The first candidate interpreter that runs confined, as this user, at this Python version."""
+        failures = []
+        for candidate in _python_candidates():
+            with check_folder(self) as folder:
+                probe = run_confined((candidate, "-I", "-B", "-c", _VERSION_CHECK), folder, 30.0, self)
+            if probe.returncode == 0:
+                own = candidate == sys.executable
+                return Confinement(self.user, self.tasks, candidate, () if own else _harness_site_packages())
+            reason = probe.stderr.strip().splitlines()[-1:] or [f"exit status {probe.returncode}"]
+            failures.append(f"{candidate}: {reason[0]}")
+        who = f"uid {self.user[0]}" if self.user else "the harness user"
+        raise RuntimeError(f"no Python {PYTHON_VERSION[0]}.{PYTHON_VERSION[1]} that {who} can run for the python "
+                           f"answers ({'; '.join(failures)}); install one where that user can read it (Debian: "
+                           f"apt-get install python{PYTHON_VERSION[0]}.{PYTHON_VERSION[1]})")
 
     def describe(self) -> str:
         who = f"as uid {self.user[0]}" if self.user else f"as the harness user (uid {os.getuid()})"
-        if self.user and not self.python_as_user:
-            who += f" (python answers as uid {os.getuid()}: uid {self.user[0]} cannot run {sys.executable})"
+        python = f", python answers with {self.python}" if self.python else ""
         abi = confine.landlock_abi()
         landlock = f"Landlock ABI {abi}: writes only in the check's folder" if abi else "no Landlock"
-        return f"checks run {who}, {landlock}, at most {self.tasks} tasks"
+        return f"checks run {who}{python}, {landlock}, at most {self.tasks} tasks"
 
 
-def _probe(confinement: Confinement) -> RunOutcome:
-    """Starts the interpreter that runs python answers, as a python answer would be."""
-    with check_folder(confinement) as folder:
-        return run_confined((sys.executable, "-I", "-B", "-c", "pass"), folder, 30.0, confinement)
+_VERSION_CHECK = (f"import sys; v = sys.version_info[:2]; v == {PYTHON_VERSION} or "
+                  f"sys.exit(f'Python {{v[0]}}.{{v[1]}}, not {PYTHON_VERSION[0]}.{PYTHON_VERSION[1]}')")
 
 
-@dataclass(frozen=True)
-class RunOutcome:
-    returncode: int | None  # None: timed out
-    stderr: str
+def _python_candidates() -> list[str]:
+    """The harness's interpreter, then the system's of the same version."""
+    name = f"python{PYTHON_VERSION[0]}.{PYTHON_VERSION[1]}"
+    paths = [sys.executable, shutil.which(name), f"/usr/local/bin/{name}", f"/usr/bin/{name}"]
+    candidates, seen = [], set()
+    for path in paths:
+        if path and os.path.exists(path) and os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            candidates.append(path)
+    return candidates
+
+
+def _harness_site_packages() -> tuple[str, ...]:
+    # Python answers see the packages the harness has (numpy...), as in the reference, which runs them in-process.
+    return tuple(path for path in site.getsitepackages() if os.path.isdir(path))
 
 
 def _unprivileged_user() -> tuple[int, int]:
@@ -144,54 +170,43 @@ def _remove_folder(path: Path) -> None:
         logger.warning("could not remove check folder %s", path)
 
 
-def run_confined(command: Sequence[str], folder: Path, timeout_s: float, confinement: Confinement,
-                 node_path: str = "") -> RunOutcome:
-    """Runs command in folder under confine.py; returncode None when it ran past timeout_s."""
+def run_confined(command: Sequence[str], folder: Path, timeout_s: float, confinement: Confinement, *,
+                 node_path: str = "", stdin: bytes = b"", keep_stdout: bool = False) -> RunOutcome:
+    """Runs command in folder under confine.py, with `stdin` as its standard input; returncode None
+    when it ran past timeout_s. When this returns, no process of the command is alive."""
     spec = {"cpu_s": int(2 * timeout_s) + 5, "memory_bytes": MEMORY_BYTES, "file_bytes": FILE_BYTES,
-            "tasks": confinement.tasks, "user": confinement.user, "writable_dir": str(folder)}
+            "tasks": confinement.tasks, "user": confinement.user, "writable_dir": str(folder),
+            "timeout_s": timeout_s}
     env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(folder), "TMPDIR": str(folder),
            "LANG": "C.UTF-8", "NODE_PATH": node_path}
-    wrapper = [sys.executable, "-I", "-B", str(CONFINE_SCRIPT), json.dumps(spec), *command]
-    with tempfile.TemporaryFile() as stderr:  # outside the folder, so the program cannot replace it
-        process = subprocess.Popen(wrapper, cwd=folder, env=env, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
-        try:
-            returncode: int | None = process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            returncode = None
-        finally:
-            _kill_group(process)
+    supervisor = [sys.executable, "-I", "-B", str(CONFINE_SCRIPT), json.dumps(spec), *command]
+    # Output files outside the folder, so that the program cannot replace them.
+    with tempfile.TemporaryFile() as stderr, (tempfile.TemporaryFile() if keep_stdout
+                                              else nullcontext(subprocess.DEVNULL)) as stdout:
+        process = subprocess.Popen(supervisor, cwd=folder, env=env, stdin=subprocess.PIPE, stdout=stdout,
+                                   stderr=stderr, start_new_session=True)
+        with suppress(BrokenPipeError):  # a pipe holds far more than the few bytes given here
+            process.stdin.write(stdin)
+        process.stdin.close()
+        status = _wait_supervisor(process, timeout_s + SUPERVISOR_GRACE_S)
         stderr.seek(0)
         text = stderr.read(4 * MAX_RESULT_CHARS).decode("utf-8", errors="replace")[:MAX_RESULT_CHARS]
-    return RunOutcome(returncode, text)
+        tail = _tail(stdout, 4 * MAX_RESULT_CHARS) if keep_stdout else b""
+    # The supervisor ends by SIGKILL on timeout (and when killed below); otherwise with the command's status.
+    return RunOutcome(None if status == -signal.SIGKILL else status, text, tail)
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL the process group (start_new_session made its id the leader's pid), reap the leader,
-    then wait for the other members, which init reaps, to be gone."""
-    pgid = process.pid
-    with suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    process.wait()
-    deadline = time.monotonic() + GROUP_EXIT_WAIT_S
-    while _live_members(pgid):
-        if time.monotonic() > deadline:
-            logger.warning("processes of group %d survive SIGKILL", pgid)
-            return
-        with suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        time.sleep(0.02)
-
-
-def _live_members(pgid: int) -> bool:
+def _wait_supervisor(process: subprocess.Popen, timeout_s: float) -> int:
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with suppress(OSError):
-            # Fields after the ")" that ends the command name: state, ppid, pgrp, ...
-            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
-            if int(pgrp) == pgid and state != "Z":
-                return True
-    return False
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("MBXP check supervisor %d overran its timeout; killing its process group", process.pid)
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return process.wait()
+
+
+def _tail(file, size: int) -> bytes:
+    file.seek(0, os.SEEK_END)
+    file.seek(max(0, file.tell() - size))
+    return file.read()
