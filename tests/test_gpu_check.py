@@ -35,12 +35,14 @@ def assert_runs(path: dict, batch_sizes: list[int], max_tokens_per_request: int,
         assert run["generated_tokens"] <= run["batch_size"] * max_tokens_per_request
 
 
-def test_tiny_run_writes_every_figure(tmp_path):
-    result, stdout = run_tiny(tmp_path, "1,2", "hf")
+def test_tiny_run_writes_every_figure_for_both_hf_batchings(tmp_path):
+    result, stdout = run_tiny(tmp_path, "1,2", "hf", "hf-inflight")
 
-    assert result["tiny"] is True and result["device"] == "cpu" and list(result["paths"]) == ["hf"]
-    assert_runs(result["paths"]["hf"], [1, 2], 4, memory=True)
-    assert result["paths"]["hf"]["peak_memory_gb"] > 0 and result["elapsed_s"] > 0
+    assert result["tiny"] is True and result["device"] == "cpu" and list(result["paths"]) == ["hf", "hf-inflight"]
+    for name, batching in (("hf", "static"), ("hf-inflight", "inflight")):
+        assert_runs(result["paths"][name], [1, 2], 4, memory=True)
+        assert result["paths"][name]["batching"] == batching and result["paths"][name]["peak_memory_gb"] > 0
+    assert result["elapsed_s"] > 0
     assert result["model"]["experts"] == 8 and result["model"]["top_k"] == 2 and result["model"]["vocab"] == 32000
     assert "tokens_per_s" in stdout  # the table printed from the same figures
 

@@ -3,7 +3,10 @@
 For a lent GPU with no checkpoint and no internet, one path after the other, each within its own
 time budget, on synthetic prompts of the real dataset's lengths at a few batch sizes:
 - hf: the model built with random bf16 weights straight on the device (shapes on the meta
-  device, storage allocated on the GPU, filled there; about 93 GB), run by HFBackend;
+  device, storage allocated on the GPU, filled there; about 93 GB), run by HFBackend on static
+  batches;
+- hf-inflight: the same model run by HFInflightBackend (transformers' continuous batching, the
+  batch size as its sequences per step);
 - vllm: VllmBackend on an engine that vLLM builds from a config alone with random weights
   (load_format "dummy");
 - endpoint: the endpoint backend against `vllm serve` of the same (tools/vllm_server.py).
@@ -11,7 +14,8 @@ The vLLM paths generate as the harness does (up to 1,024 tokens; random weights 
 Prints a table and writes the same figures as JSON. --tiny runs the same paths with tiny shapes
 on the CPU.
 
-    python -m tools.gpu_check --output-json gpu_check.json [--batch-sizes 1,8,32,64] [--paths hf,vllm,endpoint]
+    python -m tools.gpu_check --output-json gpu_check.json [--batch-sizes 1,8,32,64]
+        [--paths hf,hf-inflight,vllm,endpoint]
     python -m tools.gpu_check --tiny --output-json /tmp/tiny.json
 """
 
@@ -33,7 +37,8 @@ from transformers import MixtralConfig, MixtralForCausalLM
 from transformers.models.mixtral.modeling_mixtral import MixtralRotaryEmbedding
 
 from harness import hf_backend
-from harness.backend import GenerationRequest
+from harness.backend import GenerationBackend, GenerationRequest
+from harness.hf_inflight_backend import HFInflightBackend
 from tools.gpu_check_vllm import endpoint_path, vllm_path
 from tools.gpu_measure import path_summary, run_batches
 from tools.synth_dataset import synth_frame
@@ -47,6 +52,7 @@ TINY_SHAPES = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, 
 TINY_MAX_PROMPT_TOKENS = 64  # keeps the CPU run to seconds
 WARMUP_NEW_TOKENS = 4
 PROMPT_POOL_ROWS = 3000  # synthetic rows to draw prompts from (1,000 per dataset part)
+_shared_model: list[tuple[MixtralForCausalLM, float]] = []  # the HF paths' random model, while one needs it
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -56,11 +62,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=None,
                         help="new tokens per request (default 128; with --tiny 8); the harness uses 1024, "
                              "tokens/s per step does not depend on the cap")
-    parser.add_argument("--time-budget-s", type=float, default=150.0,
+    parser.add_argument("--time-budget-s", type=float, default=100.0,
                         help="per path: stop starting runs (and cut a run short) past this many seconds after its "
                              "model is built")
-    parser.add_argument("--paths", default="hf,vllm,endpoint",
-                        help="comma-separated paths to measure, in this order: hf, vllm, endpoint")
+    parser.add_argument("--paths", default="hf,hf-inflight,vllm,endpoint",
+                        help="comma-separated paths to measure, in this order: hf, hf-inflight, vllm, endpoint")
     parser.add_argument("--device", default=None, help="torch device (default cuda:0; with --tiny cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-json", type=Path, default=None, help="write the figures here as JSON")
@@ -116,11 +122,6 @@ def build_random_model(config: MixtralConfig, device: str, dtype: torch.dtype, s
     return model.eval()
 
 
-def make_backend(model: torch.nn.Module, batch_size: int, new_tokens: int) -> hf_backend.HFBackend:
-    # The harness caps answers at 1024 tokens; a shorter cap measures the same per-step rate in budget.
-    return hf_backend.HFBackend(model, batch_size=batch_size, max_new_tokens=new_tokens)
-
-
 def synthetic_prompts(count: int, seed: int, max_tokens: int | None) -> list[list[int]]:
     """Prompts drawn from the synthetic dataset (its three parts mixed, real length mix)."""
     frame = synth_frame(PROMPT_POOL_ROWS, seed)
@@ -143,32 +144,67 @@ def peak_memory_gb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
 
 
-def hf_path(args: argparse.Namespace, config: MixtralConfig, prompts: list[list[int]], budget_s: float) -> dict:
-    """The HF backend on a random bf16 model built in this process; its memory is freed afterwards
-    for the vLLM paths."""
-    summary = _hf_runs(args, config, prompts, budget_s)
-    gc.collect()
-    if args.device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    return summary
+def hf_path(args: argparse.Namespace, config: MixtralConfig, prompts: list[list[int]], budget_s: float,
+            batching: str = "static") -> dict:
+    """The HF backend (static batches, or in-flight with `batching="inflight"`) on a random bf16 model
+    built in this process, shared by both HF paths; its memory is freed after the last of them for
+    the vLLM paths."""
+    model, build_s = _random_model(args, config)
+    try:
+        return _hf_runs(args, model, build_s, prompts, budget_s, batching)
+    finally:
+        if not any(p.startswith("hf") for p in args.paths[args.paths.index(_path_name(batching)) + 1:]):
+            _shared_model.clear()
+            gc.collect()
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
 
 
-def _hf_runs(args: argparse.Namespace, config: MixtralConfig, prompts: list[list[int]], budget_s: float) -> dict:
-    started = time.perf_counter()
-    model = build_random_model(config, args.device, torch.bfloat16, args.seed)
-    build_s = time.perf_counter() - started
-    logger.info("hf: model built in %.1f s", build_s)
+def hf_inflight_path(args: argparse.Namespace, config: MixtralConfig, prompts: list[list[int]],
+                     budget_s: float) -> dict:
+    return hf_path(args, config, prompts, budget_s, batching="inflight")
+
+
+def _path_name(batching: str) -> str:
+    return "hf" if batching == "static" else "hf-inflight"
+
+
+def _random_model(args: argparse.Namespace, config: MixtralConfig) -> tuple[MixtralForCausalLM, float]:
+    """The model and its build time, built on first use (93 GB at the real shapes: built once)."""
+    if not _shared_model:
+        started = time.perf_counter()
+        model = build_random_model(config, args.device, torch.bfloat16, args.seed)
+        _shared_model.append((model, time.perf_counter() - started))
+        logger.info("hf: model built in %.1f s", _shared_model[0][1])
+    return _shared_model[0]
+
+
+def hf_backend_for(model: torch.nn.Module, batching: str, batch_size: int,
+                   new_tokens: int) -> GenerationBackend:
+    """The backend of one measured run. The harness caps answers at 1024 tokens; a shorter cap
+    measures the same per-step rate in budget. In-flight: `batch_size` sequences per engine step."""
+    if batching == "inflight":
+        return HFInflightBackend(model, max_sequences=batch_size, max_new_tokens=new_tokens)
+    return hf_backend.HFBackend(model, batch_size=batch_size, max_new_tokens=new_tokens)
+
+
+def _hf_runs(args: argparse.Namespace, model: MixtralForCausalLM, build_s: float, prompts: list[list[int]],
+             budget_s: float, batching: str) -> dict:
     deadline = time.perf_counter() + budget_s
-    make_backend(model, 1, WARMUP_NEW_TOKENS).generate([GenerationRequest(0, prompts[0])])
-    runs, skipped = run_batches(args.batch_sizes, lambda b: make_backend(model, b, args.new_tokens), prompts, deadline,
-                                lambda: peak_memory_gb(args.device), lambda: _before_each_run(args.device),
-                                (torch.OutOfMemoryError,))
-    return path_summary(build_s, runs, skipped, new_tokens=args.new_tokens,
+    warmup = hf_backend_for(model, batching, 1, WARMUP_NEW_TOKENS)
+    try:
+        warmup.generate([GenerationRequest(0, prompts[0])])
+    finally:
+        warmup.close()
+    runs, skipped = run_batches(args.batch_sizes, lambda b: hf_backend_for(model, batching, b, args.new_tokens),
+                                prompts, deadline, lambda: peak_memory_gb(args.device),
+                                lambda: _before_each_run(args.device), (torch.OutOfMemoryError,), close_each=True)
+    return path_summary(build_s, runs, skipped, new_tokens=args.new_tokens, batching=batching,
                         attn_implementation=model.config._attn_implementation,
                         experts_implementation=model.config._experts_implementation)
 
 
-PATHS = {"hf": hf_path, "vllm": vllm_path, "endpoint": endpoint_path}
+PATHS = {"hf": hf_path, "hf-inflight": hf_inflight_path, "vllm": vllm_path, "endpoint": endpoint_path}
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,8 +221,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         parameters = sum(p.numel() for p in MixtralForCausalLM(config).parameters())
     return {
         "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
-        "memory_kind": "hf: cuda_max_allocated, vllm/endpoint: device used" if args.device.startswith("cuda")
-        else "hf: cpu_max_rss, vllm/endpoint: not measured",
+        "memory_kind": "hf*: cuda_max_allocated, vllm/endpoint: device used" if args.device.startswith("cuda")
+        else "hf*: cpu_max_rss, vllm/endpoint: not measured",
         "tiny": args.tiny,
         "dtype": "bfloat16",
         "seed": args.seed,

@@ -67,9 +67,10 @@ def measure(backend: GenerationBackend, prompts: Sequence[Sequence[int]], memory
 def run_batches(batch_sizes: Sequence[int], backend_for: Callable[[int], GenerationBackend],
                 prompts: Sequence[Sequence[int]], deadline: float, memory: MemoryReader,
                 before_each: Callable[[], None] = lambda: None,
-                out_of_memory: tuple[type[BaseException], ...] = ()) -> tuple[list, list]:
+                out_of_memory: tuple[type[BaseException], ...] = (), close_each: bool = False) -> tuple[list, list]:
     """Measure each batch size in turn; skip one whose predicted time (the last run's, scaled
-    linearly with batch size: pessimistic for decode) would pass the deadline."""
+    linearly with batch size: pessimistic for decode) would pass the deadline. close_each: each
+    backend is closed after its run (one holding a KV cache sized from free memory)."""
     runs: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for batch_size in batch_sizes:
@@ -86,6 +87,9 @@ def run_batches(batch_sizes: Sequence[int], backend_for: Callable[[int], Generat
             skipped.append({"batch_size": batch_size, "reason": "time budget (cut short)"})
         except out_of_memory:
             skipped.append({"batch_size": batch_size, "reason": "out of memory"})
+        finally:
+            if close_each:
+                backend.close()
         logger.info("batch %d done", batch_size)
     return runs, skipped
 
