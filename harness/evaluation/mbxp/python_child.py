@@ -1,7 +1,8 @@
 """Execute one python answer the way the reference checker does, in this (already confined) process,
 and report a pass in a way the answer cannot forge.
 
-Run as a script (standard library only), with a secret of the checker's on stdin:
+Run as a script (standard library only; numpy and pandas for answers that name them, see
+_PRELOADED_MODULES), with a secret of the checker's on stdin:
     python -I -B python_child.py PROGRAM_FILE [SYS_PATH_DIR...]
 A pass is the secret written to stdout and exit status 0; a failure is "failed: <exception>" on
 stdout and exit status 1; the checker's supervisor stops a run that passes its timeout ("timed out").
@@ -31,8 +32,10 @@ from __future__ import annotations
 
 import _thread
 import builtins
+import contextlib
 import ctypes
 import faulthandler
+import importlib
 import io
 import os
 import shutil
@@ -49,6 +52,11 @@ _DISABLED = {
     subprocess: ("Popen",),
 }
 _BLOCKED_MODULES = ("ipdb", "joblib", "resource", "psutil", "tkinter")
+# The reference forks its checks from an evaluation process that has already imported these, so an
+# answer's `import numpy` finds the module loaded; imported for the first time under the guards they
+# fail (their import calls functions the guards disable). Loaded before the guards, and only for a
+# program that names them: pandas alone takes most of a second to import.
+_PRELOADED_MODULES = ("numpy", "pandas")
 # Audit events refused once the answer may run (see the module's docstring).
 _REFUSED_EVENTS = frozenset({
     "sys._current_frames", "sys._current_exceptions", "sys.addaudithook", "sys.monitoring.register_callback",
@@ -126,6 +134,10 @@ def main(argv: list[str]) -> None:
     with open(argv[1], encoding="utf-8") as source:
         program = source.read()
     sys.path.extend(argv[2:])
+    for module in _PRELOADED_MODULES:
+        if module in program:
+            with contextlib.suppress(ImportError):  # not installed: the answer's import fails as it would anyway
+                importlib.import_module(module)
     _check(ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0))
     run = _run(program)
     told_fd, tell_fd = os.pipe()
