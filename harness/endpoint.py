@@ -26,10 +26,14 @@ from harness.backend import EOS_ID
 
 API_KEY_ENV = "OPENAI_API_KEY"  # sent as a bearer token when set; never a flag, never logged
 # Only requests that failed before any answer came back are retried (a refused connection, or a
-# kept-alive connection the server had just closed): no token was seen, so no answer can change.
+# kept-alive connection the server had just closed, found on writing the request): no token was
+# seen, so no answer can change.
 SEND_RETRIES = 2
 RETRY_BACKOFF_S = 0.5
 CONNECT_TIMEOUT_S = 10.0
+# Idle connections are dropped before the server drops them (uvicorn, under vLLM's API server:
+# 5 s; aiohttp's default keeps them 15 s), which makes the race with the server's close rare.
+KEEPALIVE_S = 4.0
 MAX_DETAIL_CHARS = 300  # of a server's error text, in our one-line message
 # Tokens per streamed chunk after the first (vLLM sends the first and the last chunk at once, so
 # neither TTFT nor the completion time moves). Fewer chunks cut the cost of the HTTP hop on both
@@ -156,7 +160,7 @@ def http_session(max_connections: int) -> aiohttp.ClientSession:
     catches a server that stalls)."""
     key = os.environ.get(API_KEY_ENV)
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0),
+        connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, keepalive_timeout=KEEPALIVE_S),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
         headers={"Authorization": f"Bearer {key}"} if key else None,
     )
@@ -241,7 +245,7 @@ class Endpoint:
         for attempt in range(SEND_RETRIES + 1):
             try:
                 return await session.request(method, f"{self.url}{path}", json=body)
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError):
+            except aiohttp.ClientConnectionError:  # refused, reset, closed before the response began
                 if attempt == SEND_RETRIES:
                     raise
                 await asyncio.sleep(RETRY_BACKOFF_S * 2**attempt)
