@@ -160,10 +160,11 @@ def test_the_default_model_is_the_one_served(backend):
 
 @pytest.fixture
 def endless_answers(monkeypatch):
-    """Requests that ignore EOS: each runs to its 1,024 tokens unless the server aborts it, so that
-    what a test reads of the server's token count leaves a margin no machine load can use up."""
+    """Requests that ignore EOS (which the body's stop_token_ids names too): each runs to its 1,024
+    tokens unless the server aborts it, so that what a test reads of the server's token count
+    leaves a margin no machine load can use up."""
     def endless(*args, **kwargs):
-        return completion_body(*args, **kwargs) | {"ignore_eos": True}
+        return completion_body(*args, **kwargs) | {"ignore_eos": True, "stop_token_ids": []}
 
     monkeypatch.setattr(openai_backend, "completion_body", endless)
 
@@ -181,6 +182,8 @@ def test_generation_stops_at_the_first_stop_occurrence_on_the_server_too(server,
     assert stopped == cut_after_stop(free, stop)
     generated = settled_metric(server, "vllm:generation_tokens_total") - before
     assert generated < MAX_NEW_TOKENS / 2, generated
+    (unstopped,) = backend.generate([GenerationRequest(row, requests_[row].input_ids, query_id=2)])
+    assert len(unstopped) == MAX_NEW_TOKENS and unstopped[:len(stopped)] == stopped  # the margin is real
 
 
 def test_serve_streams_first_tokens_on_the_completing_thread(backend, requests_, answers):
