@@ -147,17 +147,9 @@ def peak_memory_gb(device: str) -> float:
 def hf_path(args: argparse.Namespace, config: MixtralConfig, prompts: list[list[int]], budget_s: float,
             batching: str = "static") -> dict:
     """The HF backend (static batches, or in-flight with `batching="inflight"`) on a random bf16 model
-    built in this process, shared by both HF paths; its memory is freed after the last of them for
-    the vLLM paths."""
+    built in this process, shared by both HF paths (main() frees it after the last of them)."""
     model, build_s = _random_model(args, config)
-    try:
-        return _hf_runs(args, model, build_s, prompts, budget_s, batching)
-    finally:
-        if not any(p.startswith("hf") for p in args.paths[args.paths.index(_path_name(batching)) + 1:]):
-            _shared_model.clear()
-            gc.collect()
-            if args.device.startswith("cuda"):
-                torch.cuda.empty_cache()
+    return _hf_runs(args, model, build_s, prompts, budget_s, batching)
 
 
 def hf_inflight_path(args: argparse.Namespace, config: MixtralConfig, prompts: list[list[int]],
@@ -165,8 +157,12 @@ def hf_inflight_path(args: argparse.Namespace, config: MixtralConfig, prompts: l
     return hf_path(args, config, prompts, budget_s, batching="inflight")
 
 
-def _path_name(batching: str) -> str:
-    return "hf" if batching == "static" else "hf-inflight"
+def _free_random_model(device: str) -> None:
+    """The HF paths' model leaves the device's memory to the vLLM engines."""
+    _shared_model.clear()
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 def _random_model(args: argparse.Namespace, config: MixtralConfig) -> tuple[MixtralForCausalLM, float]:
@@ -214,9 +210,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     config = mixtral_config(args.tiny)
     prompts = synthetic_prompts(max(args.batch_sizes), args.seed, TINY_MAX_PROMPT_TOKENS if args.tiny else None)
     paths = {}
-    for name in args.paths:
+    for position, name in enumerate(args.paths):
         logger.info("path %s: %.0f s budget", name, args.time_budget_s)
         paths[name] = PATHS[name](args, config, prompts, args.time_budget_s)
+        if not any(later.startswith("hf") for later in args.paths[position + 1:]):
+            _free_random_model(args.device)
     with torch.device("meta"):
         parameters = sum(p.numel() for p in MixtralForCausalLM(config).parameters())
     return {
