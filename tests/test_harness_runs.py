@@ -145,7 +145,7 @@ def test_test06_passes_our_verifier(tmp_path, demo_assets, quick_server_conf, sc
     verify = subprocess.run([sys.executable, str(ROOT / "compliance/TEST06/run_verification.py"), "-c", str(run_dir),
                              "-o", str(tmp_path / "verify"), "-s", scenario], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    report = (tmp_path / "verify" / "verify_accuracy.txt").read_text()
+    report = (tmp_path / "verify" / "TEST06" / "verify_accuracy.txt").read_text()
     assert "TEST06 verification complete" in report
     assert ("First token check pass: Skipped" if scenario == "Offline" else "First token check pass: True") in report
 

@@ -44,15 +44,17 @@ def test_passing_log(tmp_path: Path) -> None:
     run = write_log(tmp_path / "run", json.dumps([entry([330, 28705, EOS_ID]), entry([13])]))
     proc = verify(run, tmp_path / "out" / "verification")
     assert proc.returncode == 0, proc.stderr
-    report = (tmp_path / "out" / "verification" / "verify_accuracy.txt").read_text()
+    report = (tmp_path / "out" / "verification" / "TEST06" / "verify_accuracy.txt").read_text()
     assert report.endswith("TEST06 verification complete\n") and report == proc.stdout
+    copied = tmp_path / "out" / "verification" / "TEST06" / "accuracy" / "mlperf_log_accuracy.json"
+    assert copied.read_bytes() == (run / "mlperf_log_accuracy.json").read_bytes()
 
 
 def test_failed_check_exits_1(tmp_path: Path) -> None:
     run = write_log(tmp_path / "run", json.dumps([entry([330, EOS_ID, EOS_ID])]))
     proc = verify(run, tmp_path / "out")
     assert proc.returncode == 1, proc.stderr
-    assert "EOS check pass: False" in (tmp_path / "out" / "verify_accuracy.txt").read_text()
+    assert "EOS check pass: False" in (tmp_path / "out" / "TEST06" / "verify_accuracy.txt").read_text()
 
 
 @pytest.mark.parametrize(("content", "says"), [

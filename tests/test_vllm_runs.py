@@ -66,4 +66,4 @@ def test_test06_passes_our_verifier(tmp_path, fast_conf, scenario):
     verify = subprocess.run([sys.executable, str(ROOT / "compliance/TEST06/run_verification.py"), "-c", str(run_dir),
                              "-o", str(tmp_path / "verify"), "-s", scenario], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert "TEST06 verification complete" in (tmp_path / "verify" / "verify_accuracy.txt").read_text()
+    assert "TEST06 verification complete" in (tmp_path / "verify" / "TEST06" / "verify_accuracy.txt").read_text()
