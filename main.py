@@ -24,6 +24,7 @@ from harness.endpoint import EndpointError
 from harness.interrupts import Interrupted, raising_interrupts, run_interruptible, signal_name
 from harness.openai_backend import DEFAULT_CONCURRENCY, build_openai_backend, check_api_flags, served_model_name
 from harness.output_dirs import OutputDirError, ensure_writable_dir
+from harness.provenance import ProvenanceError, loadgen_seeds, run_facts, seeds_warning, write_run_files
 
 log = logging.getLogger("main")
 
@@ -189,6 +190,10 @@ def check_audit_conf(config: RunConfig) -> None:
         _apply_conf(lg.TestSettings(), config.audit_conf, config.scenario, 2)
 
 
+def effective_user_conf(config: RunConfig) -> Path:
+    return config.user_conf or ROOT / "user.conf"
+
+
 _settings_built = False  # loadgen applies its embedded mlperf.conf once per process
 
 
@@ -203,7 +208,7 @@ def build_settings(config: RunConfig) -> lg.TestSettings:
     settings = lg.TestSettings()
     settings.scenario = SCENARIOS[config.scenario]
     settings.mode = lg.TestMode.AccuracyOnly if config.accuracy else lg.TestMode.PerformanceOnly
-    user_conf = config.user_conf or ROOT / "user.conf"
+    user_conf = effective_user_conf(config)
     if config.mlperf_conf is None:
         _apply_conf(settings, user_conf, config.scenario, 1)
         return settings
@@ -328,14 +333,21 @@ def execute(config: RunConfig, backends: list[GenerationBackend] | None = None) 
         print("DEMO RUN: a tiny Mixtral trained on a sample set; its figures are not a Mixtral-8x7B result.",
               flush=True)
     settings = build_settings(config)
+    seeds = loadgen_seeds(settings)
+    if (warning := seeds_warning(seeds)) is not None:
+        print(warning, file=sys.stderr, flush=True)
     check_audit_conf(config)
     try:
         dataset = MixtralDataset(config.dataset_path, config.total_sample_count)
+        made_from = run_record(config.dataset_path, model_identity(config), config.dtype)
         journal = None
         if config.accuracy:
-            made_from = run_record(config.dataset_path, model_identity(config), config.dtype)
             journal = Journal(config.output_log_dir / "run_outputs", config.resume, made_from)
-    except (DatasetError, JournalError, OSError) as exc:
+        facts = run_facts(scenario=config.scenario, accuracy=config.accuracy, audit_conf=config.audit_conf,
+                          backend=config.backend, record=made_from, seeds=seeds, dataset_rows=len(dataset))
+        write_run_files(config.output_log_dir, facts, effective_user_conf(config), config.mlperf_conf,
+                        config.audit_conf)
+    except (DatasetError, JournalError, ProvenanceError, OSError) as exc:
         raise UsageError(str(exc)) from None
     owned = backends is None
     backends = backends or build_backends(config)
