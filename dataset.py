@@ -55,6 +55,11 @@ def _token_array(path: Path, row: int, column: str, value: object) -> np.ndarray
 
 def load_dataset_frame(path: str | Path, total_sample_count: int | None = None) -> pd.DataFrame:
     """The first total_sample_count rows of a dataset pickle, checked for the 12-column schema."""
+    return first_rows(read_dataset_file(path), path, total_sample_count)
+
+
+def read_dataset_file(path: str | Path) -> pd.DataFrame:
+    """Every row of a dataset pickle, checked for the 12-column schema."""
     path = Path(path)
     frame = _read_pickle(path)
     missing = [c for c in DATASET_COLUMNS if c not in frame.columns]
@@ -62,6 +67,10 @@ def load_dataset_frame(path: str | Path, total_sample_count: int | None = None) 
         raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}")
     if frame.empty:
         raise DatasetError(f"{path}: the dataset has no rows")
+    return frame
+
+
+def first_rows(frame: pd.DataFrame, path: str | Path, total_sample_count: int | None) -> pd.DataFrame:
     if total_sample_count is not None:
         if total_sample_count < 1:
             raise DatasetError(f"{path}: --total-sample-count must be at least 1, got {total_sample_count}")
@@ -75,7 +84,9 @@ class MixtralDataset:
 
     def __init__(self, path: str | Path, total_sample_count: int | None = None) -> None:
         self.path = Path(path)
-        frame = load_dataset_frame(self.path, total_sample_count)
+        whole = read_dataset_file(self.path)
+        self.file_rows = len(whole)  # a submission's accuracy run must cover all of them
+        frame = first_rows(whole, self.path, total_sample_count)
         self.input_ids: list[np.ndarray] = [
             _token_array(self.path, i, "tok_input", v) for i, v in enumerate(frame["tok_input"])
         ]

@@ -344,7 +344,8 @@ def execute(config: RunConfig, backends: list[GenerationBackend] | None = None) 
         if config.accuracy:
             journal = Journal(config.output_log_dir / "run_outputs", config.resume, made_from)
         facts = run_facts(scenario=config.scenario, accuracy=config.accuracy, audit_conf=config.audit_conf,
-                          backend=config.backend, record=made_from, seeds=seeds, dataset_rows=len(dataset))
+                          backend=config.backend, record=made_from, seeds=seeds, samples=len(dataset),
+                          dataset_rows=dataset.file_rows)
         write_run_files(config.output_log_dir, facts, effective_user_conf(config), config.mlperf_conf,
                         config.audit_conf)
     except (DatasetError, JournalError, ProvenanceError, OSError) as exc:

@@ -90,7 +90,7 @@ def harness_version() -> dict[str, Any]:
 
 
 def run_facts(*, scenario: str, accuracy: bool, audit_conf: Path | None, backend: str,
-              record: Mapping[str, Any], seeds: Mapping[str, int], dataset_rows: int) -> dict[str, Any]:
+              record: Mapping[str, Any], seeds: Mapping[str, int], samples: int, dataset_rows: int) -> dict[str, Any]:
     """The JSON record of one run (plain values only)."""
     return {
         "command": [sys.executable, *sys.argv],
@@ -101,7 +101,8 @@ def run_facts(*, scenario: str, accuracy: bool, audit_conf: Path | None, backend
         "backend": backend,
         "harness": harness_version(),
         "loadgen": {"version": loadgen_version(), "seeds": dict(seeds)},
-        "dataset_rows": dataset_rows,
+        "samples": samples,  # the rows this run used (--total-sample-count)
+        "dataset_rows": dataset_rows,  # the rows in the dataset file
         "made_from": dict(record),
     }
 
