@@ -46,6 +46,7 @@ MAX_SHOWN_CHARS = 80  # of a value a server sent that the harness cannot use
 MAX_EVENT_BYTES = 1 << 20
 MAX_BODY_BYTES = 1 << 20  # of a model list or an error answer
 REDACTED = f"<{API_KEY_ENV}>"
+KEY_END_CHARS = 8  # the shortest start or end of the key that is blotted out where it stands alone
 # Tokens per streamed chunk after the first (vLLM sends the first and the last chunk at once, so
 # neither TTFT nor the completion time moves). Fewer chunks cut the cost of the HTTP hop on both
 # sides about eightfold; a stop sequence is seen at most 7 tokens late, which the server then
@@ -75,6 +76,10 @@ def redact(text: str) -> str:
         return text
     for form in (key, json.dumps(key)[1:-1]):  # as sent, and as a JSON string escapes it
         text = text.replace(form, REDACTED)
+    # Its ends too, longest first: aiohttp quotes at most 100 bytes of a line it cannot parse,
+    # which can cut an echoed key short.
+    for length in range(len(key) - 1, KEY_END_CHARS - 1, -1):
+        text = text.replace(key[:length], REDACTED).replace(key[-length:], REDACTED)
     return text
 
 

@@ -26,6 +26,7 @@ from harness.endpoint import (
     http_error,
     normalize_url,
     parse_event,
+    redact,
     shown,
     vocabulary_size,
 )
@@ -206,6 +207,10 @@ def test_the_key_is_blotted_out_of_server_text(api_key):
     line = http_error(401, echoed)
     assert api_key not in line and f"Bearer <{API_KEY_ENV}>" in line
     assert api_key not in shown(f"{api_key}".encode()) and api_key not in shown({"echo": api_key})
+    # A key cut short by whoever quoted it (aiohttp quotes 100 bytes of a line it cannot parse).
+    assert redact(f"b'Authorization: Bearer {api_key[:12]}...'") == f"b'Authorization: Bearer <{API_KEY_ENV}>...'"
+    assert redact(f"...{api_key[-9:]} is not valid") == f"...<{API_KEY_ENV}> is not valid"
+    assert redact(api_key[:7]) == api_key[:7]  # shorter ends stay: they would blot out common words
     # Cut after the redaction, not before: a cut through the key would print its first part.
     for start in range(MAX_DETAIL_CHARS - len(api_key), MAX_DETAIL_CHARS + 1):
         message = str(EndpointError("http://h/v1", "x" * start + api_key))
