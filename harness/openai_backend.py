@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
+import os
 import queue
 import resource
 import threading
@@ -28,7 +30,7 @@ from typing import TypeVar
 import aiohttp
 
 from harness.backend import MAX_NEW_TOKENS, MIN_NEW_TOKENS, DoneHandler, FirstTokenHandler, GenerationRequest
-from harness.endpoint import Endpoint, EndpointError, completion_body, http_session, normalize_url
+from harness.endpoint import API_KEY_ENV, Endpoint, EndpointError, completion_body, http_session, normalize_url
 from harness.postprocess import find_stop_end
 from harness.tokenizer import BOS_ID
 
@@ -37,6 +39,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONCURRENCY = 1024  # per server: vLLM's batch size on H100/H200, so Offline keeps it full
 FEED_POLL_S = 0.1  # how often a serve loop's queue reader checks that the loop still runs
 FILES_PER_PROCESS = 64  # open files besides the connections (logs, journal, libraries)
+# Each start-up request (the model list, the two-token check) must be answered within this: a
+# server that takes the connection and never answers would otherwise hang the harness before
+# loadgen and its watchdog start. Generous, for a server busy with another run's queue.
+STARTUP_TIMEOUT_S = 60.0
+STARTUP_TIMEOUT_ENV = "MIXTRAL_API_STARTUP_TIMEOUT_S"
 
 T = TypeVar("T")
 
@@ -265,14 +272,43 @@ def choose_model(server: str, served: Sequence[str], requested: str | None) -> s
     return served[0]
 
 
-async def _resolve(endpoints: Sequence[Endpoint], requested: str | None, session: aiohttp.ClientSession) -> str:
+def startup_timeout_s() -> float:
+    """The limit on each start-up request: $MIXTRAL_API_STARTUP_TIMEOUT_S seconds, else STARTUP_TIMEOUT_S."""
+    value = os.environ.get(STARTUP_TIMEOUT_ENV)
+    if value is None:
+        return STARTUP_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{STARTUP_TIMEOUT_ENV}={value!r}: not a number of seconds above 0")
+    return seconds
+
+
+async def answered_within(endpoint: Endpoint, seconds: float, what: str, work: Awaitable[T]) -> T:
+    """work's result, or EndpointError when the server has not answered within `seconds`."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await work
+    except TimeoutError:
+        raise endpoint.error(f"{what}: no answer within {seconds:g} s (the start-up limit, set by "
+                             f"{STARTUP_TIMEOUT_ENV})") from None
+
+
+async def _resolve(endpoints: Sequence[Endpoint], requested: str | None, session: aiohttp.ClientSession,
+                   timeout_s: float) -> str:
     """The one model name every server serves; sets each endpoint's max_model_len."""
-    listings = await asyncio.gather(*(e.served_models(session) for e in endpoints))
+    listings = await asyncio.gather(*(answered_within(e, timeout_s, "GET /models", e.served_models(session))
+                                      for e in endpoints))
+    key = os.environ.get(API_KEY_ENV)
     names = []
     for endpoint, entries in zip(endpoints, listings, strict=True):
-        name = choose_model(endpoint.url, [str(entry.get("id")) for entry in entries], requested)
-        entry = next(entry for entry in entries if str(entry.get("id")) == name)
-        endpoint.max_model_len = entry.get("max_model_len") if isinstance(entry.get("max_model_len"), int) else None
+        name = choose_model(endpoint.url, [entry["id"] for entry in entries], requested)
+        if key and key in name:  # the name goes into logs and the journal
+            raise endpoint.error(f"serves a model whose name holds the API key (${API_KEY_ENV})")
+        entry = next(entry for entry in entries if entry["id"] == name)
+        endpoint.max_model_len = entry.get("max_model_len")
         names.append(name)
     if len(set(names)) > 1:
         served = ", ".join(f"{name!r} at {e.url}" for name, e in zip(names, endpoints, strict=True))
@@ -298,11 +334,14 @@ def _run_sync(work: Callable[[aiohttp.ClientSession], Awaitable[T]], connections
     return asyncio.run(run())
 
 
-def served_model_name(servers: Sequence[str], model_name: str | None = None) -> str:
+def served_model_name(servers: Sequence[str], model_name: str | None = None,
+                      timeout_s: float | None = None) -> str:
     """The model the flags select on these servers (--api-model-name, or the only one served);
-    raises EndpointError naming the server that cannot serve it, ValueError for a bad URL."""
+    raises EndpointError naming the server that cannot serve it or does not answer within
+    timeout_s (default: startup_timeout_s()), ValueError for a bad URL."""
+    timeout_s = startup_timeout_s() if timeout_s is None else timeout_s
     endpoints = [Endpoint(url) for url in servers]
-    return _run_sync(lambda session: _resolve(endpoints, model_name, session), len(endpoints))
+    return _run_sync(lambda session: _resolve(endpoints, model_name, session, timeout_s), len(endpoints))
 
 
 def raise_open_files_limit(needed: int) -> None:
@@ -329,16 +368,19 @@ def check_api_flags(backend: str, servers: Sequence[str] | None, model_name: str
 
 
 def build_openai_backend(servers: Sequence[str], model_name: str | None = None,
-                         concurrency: int = DEFAULT_CONCURRENCY) -> OpenAIBackend:
-    """Check every server before the run (reachable, serves the model, streams token ids) and
-    return the backend over all of them. Raises EndpointError or ValueError, one line each."""
+                         concurrency: int = DEFAULT_CONCURRENCY, timeout_s: float | None = None) -> OpenAIBackend:
+    """Check every server before the run (reachable, serves the model, streams token ids, each
+    request answered within timeout_s, default startup_timeout_s()) and return the backend over
+    all of them. Raises EndpointError or ValueError, one line each."""
     check_api_flags("openai", servers, model_name)
+    timeout_s = startup_timeout_s() if timeout_s is None else timeout_s
     endpoints = [Endpoint(url) for url in servers]
     raise_open_files_limit(concurrency * len(endpoints) + FILES_PER_PROCESS)
 
     async def check(session: aiohttp.ClientSession) -> str:
-        model = await _resolve(endpoints, model_name, session)
-        await asyncio.gather(*(_probe(e, model, session) for e in endpoints))
+        model = await _resolve(endpoints, model_name, session, timeout_s)
+        await asyncio.gather(*(answered_within(e, timeout_s, "start-up check", _probe(e, model, session))
+                               for e in endpoints))
         return model
 
     model = _run_sync(check, len(endpoints))

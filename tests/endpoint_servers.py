@@ -1,17 +1,22 @@
-"""Real servers for the endpoint backend's tests: `vllm serve` on the demo model, and a proxy in
-front of it that fails on purpose (cuts a stream, answers an HTTP error, drops the token ids)."""
+"""Real servers for the endpoint backend's tests: `vllm serve` on the demo model, a proxy in
+front of it that fails on purpose (cuts a stream, answers an HTTP error, drops the token ids), and
+fake OpenAI-compatible servers that run no model and answer as scripted (bad token ids, shapes,
+endless lines, redirects, silence), each on 127.0.0.1 at a free port for the length of a `with`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
+from harness.backend import EOS_ID, MIN_NEW_TOKENS
 from tools.vllm_server import VllmServer, free_port, running_vllm_server
 
 API_KEY = "test-key-never-printed-7f3a"  # the servers require it: every test sends it
@@ -54,7 +59,58 @@ def settled_metric(server: VllmServer, name: str, timeout_s: float = 10.0) -> fl
     return value
 
 
-class FaultyProxy:
+class _ThreadedApp:
+    """An aiohttp server on 127.0.0.1 at a free port, served by its own event loop on a thread from
+    entering the `with` to leaving it; _handle answers every request."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name=type(self).__name__, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        if not self._started.wait(30):
+            raise RuntimeError(f"{type(self).__name__} did not start")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(30)
+
+    async def stopped(self) -> None:
+        """Returns when the server is being stopped (what a handler that never answers awaits)."""
+        await self._stopping.wait()
+
+    def _serve(self) -> None:
+        self._loop.run_until_complete(self._main())
+        self._loop.close()
+
+    async def _main(self) -> None:
+        from aiohttp import web
+
+        self._stopping = asyncio.Event()
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        async with self._resources():
+            self._started.set()
+            await self._stopping.wait()
+            await runner.cleanup()
+
+    def _resources(self) -> contextlib.AbstractAsyncContextManager:
+        """What the handlers use, open while the server runs."""
+        return contextlib.AsyncExitStack()
+
+    async def _handle(self, request):
+        raise NotImplementedError
+
+
+class FaultyProxy(_ThreadedApp):
     """An HTTP server (aiohttp) forwarding to `upstream` that misbehaves as configured:
     cut_after_events: close the connection instead of forwarding stream event n+1 (counted over
     all streams); fail_completion: answer the k-th completion request with HTTP 500;
@@ -63,48 +119,23 @@ class FaultyProxy:
 
     def __init__(self, upstream: str, *, cut_after_events: int | None = None, fail_completion: int | None = None,
                  strip_token_ids: bool = False, ignore_stream: bool = False) -> None:
+        super().__init__()
         self.upstream = upstream
         self.cut_after_events = cut_after_events
         self.fail_completion = fail_completion
         self.strip_token_ids = strip_token_ids
         self.ignore_stream = ignore_stream
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.events = 0
         self.completions = 0
-        self._loop = asyncio.new_event_loop()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="faulty-proxy", daemon=True)
 
-    def __enter__(self) -> FaultyProxy:
-        self._thread.start()
-        if not self._started.wait(30):
-            raise RuntimeError("the proxy did not start")
-        return self
+    @contextlib.asynccontextmanager
+    async def _resources(self) -> AsyncIterator[None]:
+        from aiohttp import ClientSession, ClientTimeout
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._loop.call_soon_threadsafe(self._stopping.set)
-        self._thread.join(30)
-
-    def _serve(self) -> None:
-        self._loop.run_until_complete(self._main())
-        self._loop.close()
-
-    async def _main(self) -> None:
-        from aiohttp import ClientSession, ClientTimeout, web
-
-        self._stopping = asyncio.Event()
-        app = web.Application()
-        app.router.add_route("*", "/{path:.*}", self._forward)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
         async with ClientSession(timeout=ClientTimeout(total=None)) as self._session:
-            self._started.set()
-            await self._stopping.wait()
-            await runner.cleanup()
+            yield
 
-    async def _forward(self, request):
+    async def _handle(self, request):
         from aiohttp import web
 
         if request.method == "POST" and request.path.endswith("/completions"):
@@ -148,3 +179,107 @@ def _without_token_ids(line: bytes) -> bytes:
     for choice in event.get("choices", []):
         choice.pop("token_ids", None)
     return b"data: " + json.dumps(event).encode() + b"\n"
+
+
+# --- fake servers ------------------------------------------------------------------------------
+# A handler answers one request: (server, request, the request's JSON body or None) -> response.
+Handler = Callable[["FakeServer", Any, Any], Awaitable[Any]]
+Event = dict[str, Any] | bytes  # a dict goes out as `data: <json>`, bytes as they are
+
+
+class FakeServer(_ThreadedApp):
+    """An OpenAI-compatible server that runs no model: GET .../models and POST .../completions are
+    answered by the given handlers (by default: MODEL_NAME listed, and good_answer streamed).
+    `requests` records (method, path) of every request it got."""
+
+    def __init__(self, completions: Handler | None = None, models: Handler | None = None) -> None:
+        super().__init__()
+        self.completions = completions or streamed(good_answer)
+        self.models = models or model_list()
+        self.requests: list[tuple[str, str]] = []
+
+    async def _handle(self, request):
+        from aiohttp import web
+
+        self.requests.append((request.method, request.path))
+        body = await request.json() if request.method == "POST" else None
+        if request.path.endswith("/completions"):
+            handler = self.completions
+        elif request.path.endswith("/models"):
+            handler = self.models
+        else:
+            return web.json_response({"error": {"message": f"no route {request.path}"}}, status=404)
+        try:
+            return await handler(self, request, body)
+        except ConnectionResetError:  # the harness closed the connection (it refused what it read)
+            return web.Response(status=499)
+
+
+def model_list(*entries: dict[str, Any]) -> Handler:
+    """The answer vLLM gives GET /v1/models; by default MODEL_NAME with a 3,072-token context."""
+    listing = {"object": "list", "data": list(entries) or [{"id": MODEL_NAME, "object": "model",
+                                                            "max_model_len": 3072}]}
+    return raw(json.dumps(listing).encode(), content_type="application/json")
+
+
+def raw(content: bytes, status: int = 200, content_type: str = "text/plain",
+        headers: dict[str, str] | None = None) -> Handler:
+    """The same answer to every request."""
+    async def handler(server: FakeServer, request, body):
+        from aiohttp import web
+
+        return web.Response(body=content, status=status, headers={"Content-Type": content_type, **(headers or {})})
+
+    return handler
+
+
+def streamed(events: Callable[[dict[str, Any]], Iterable[Event]]) -> Handler:
+    """A stream (text/event-stream) of the events for the request's body, then [DONE]."""
+    async def handler(server: FakeServer, request, body):
+        from aiohttp import web
+
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in events(body):
+            await response.write(event if isinstance(event, bytes) else f"data: {json.dumps(event)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    return handler
+
+
+async def never_answers(server: FakeServer, request, body):
+    """Takes the request and answers nothing until the server stops."""
+    await server.stopped()
+    raise ConnectionResetError  # the harness is long gone
+
+
+def answer_events(ids: list[Any], finish_reason: str | None, per_chunk: int = 8) -> list[Event]:
+    """How vLLM streams an answer of `ids`: chunks of per_chunk ids, the finish reason on the last."""
+    chunks = [ids[i:i + per_chunk] for i in range(0, len(ids), per_chunk)] or [[]]
+    return [{"object": "text_completion", "choices": [
+        {"index": 0, "text": "", "token_ids": chunk, "finish_reason": finish_reason if last else None}]}
+        for last, chunk in ((i == len(chunks) - 1, chunk) for i, chunk in enumerate(chunks))]
+
+
+def good_answer(body: dict[str, Any]) -> list[Event]:
+    """A whole answer: the start-up check's two tokens, three tokens and EOS to a sample."""
+    if body["max_tokens"] == MIN_NEW_TOKENS:
+        return answer_events([5, 6], "length")
+    return answer_events([5, 6, 7, EOS_ID], "stop")
+
+
+def after_the_check(events: Callable[[dict[str, Any]], Iterable[Event]]) -> Callable[[dict[str, Any]], Iterable[Event]]:
+    """A good answer to the start-up check, `events` to every sample: a server that fails mid-run."""
+    return lambda body: good_answer(body) if body["max_tokens"] == MIN_NEW_TOKENS else events(body)
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[str]:
+    """The URL of a port that takes connections (the kernel completes them into its backlog) and
+    never reads or answers a byte: a hung server."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"

@@ -1,15 +1,23 @@
-"""The endpoint backend's parts that need no server: URLs, flags, the request, stream events,
-finish checks, error lines, model choice, routing. Against a real server: test_openai_server.py."""
+"""The endpoint backend's parts that need no server (URLs, flags, the request, stream events,
+finish checks, error lines, model choice, routing), and its defences against servers that
+misbehave, with fake servers (tests/endpoint_servers.py): in-process, and main.py end to end.
+Against a real server: test_openai_server.py."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from harness.backend import EOS_ID
+from harness.backend import EOS_ID, MAX_NEW_TOKENS, GenerationRequest
 from harness.endpoint import (
+    API_KEY_ENV,
+    MAX_DETAIL_CHARS,
+    MAX_EVENT_BYTES,
     Chunk,
     Endpoint,
     EndpointError,
@@ -18,8 +26,36 @@ from harness.endpoint import (
     http_error,
     normalize_url,
     parse_event,
+    redact,
+    shown,
+    vocabulary_size,
 )
-from harness.openai_backend import Router, check_api_flags, choose_model, least_busy
+from harness.openai_backend import (
+    STARTUP_TIMEOUT_ENV,
+    Router,
+    build_openai_backend,
+    check_api_flags,
+    choose_model,
+    least_busy,
+    startup_timeout_s,
+)
+from tests.endpoint_servers import (
+    API_KEY,
+    FakeServer,
+    after_the_check,
+    answer_events,
+    model_list,
+    never_answers,
+    raw,
+    silent_server,
+    streamed,
+)
+from tests.run_helpers import accuracy_entries, run_main
+from tools.synth_dataset import synth_frame
+
+VOCAB = 32000  # Mixtral's; the backend reads it from the tokenizer
+HANG_S = 300  # only catches a hang: every run here ends in seconds
+SHORT_TIMEOUT_S = 0.5  # for servers that never answer at all: the outcome cannot depend on speed
 
 
 @pytest.mark.parametrize(("url", "base"), [
@@ -57,14 +93,14 @@ def test_the_request_is_greedy_token_ids_in_and_out():
 
 
 def test_stream_events_parse_to_token_ids():
-    assert parse_event('{"choices":[{"token_ids":[5,6],"finish_reason":null,"prompt_token_ids":[1]}]}') == \
+    assert parse_event(b'{"choices":[{"token_ids":[5,6],"finish_reason":null,"prompt_token_ids":[1]}]}', VOCAB) == \
         Chunk([5, 6], None, [1])
-    assert parse_event('{"choices":[{"text":"x","finish_reason":"stop"}]}') == Chunk(None, "stop", None)
-    assert parse_event('{"choices":[],"usage":{"completion_tokens":3}}') is None
+    assert parse_event(b'{"choices":[{"text":"x","finish_reason":"stop"}]}', VOCAB) == Chunk(None, "stop", None)
+    assert parse_event(b'{"choices":[],"usage":{"completion_tokens":3}}', VOCAB) is None
     with pytest.raises(ValueError, match="boom"):
-        parse_event('{"error":{"message":"boom","code":500}}')
+        parse_event(b'{"error":{"message":"boom","code":500}}', VOCAB)
     with pytest.raises(ValueError, match="not JSON"):
-        parse_event("{truncated")
+        parse_event(b"{truncated", VOCAB)
 
 
 def test_only_whole_answers_pass():
@@ -114,3 +150,268 @@ def test_router_spreads_requests_and_bounds_each_server():
     picks, sent = asyncio.run(scenario())
     assert picks == [0, 1, 0, 1]  # equal load alternates
     assert sent == {"http://a:1/v1": 2, "http://b:1/v1": 3}
+
+
+# --- what a server streams is checked --------------------------------------------------------
+
+
+def test_the_vocabulary_is_the_tokenizers():
+    assert vocabulary_size() == VOCAB
+    assert Endpoint("http://a:1").vocab_size == VOCAB
+
+
+@pytest.mark.parametrize(("token", "seen"), [
+    (32000, "32000"), (-1, "-1"), ("2", '"2"'), (2.0, "2.0"), (True, "true"), (None, "null"), ([5], "[5]"),
+])
+def test_token_ids_are_integers_of_the_vocabulary(token, seen):
+    event = json.dumps({"choices": [{"token_ids": [7, token], "finish_reason": None}]}).encode()
+    with pytest.raises(ValueError, match=rf"^sent token_ids\[1\] = {seen.replace('[', '.').replace(']', '.')}, "
+                                         rf"not a token id \(an integer in \[0, 32000\)\)$"):
+        parse_event(event, VOCAB)
+    assert parse_event(b'{"choices":[{"token_ids":[0,31999]}]}', VOCAB) == Chunk([0, 31999])
+
+
+@pytest.mark.parametrize(("event", "problem"), [
+    (b'{"choices":{"0":{"token_ids":[5]}}}', 'sent choices that are not a list of one object: {"0": {"token_ids"'),
+    (b'{"choices":[1]}', "sent choices that are not a list of one object: [1]"),
+    (b'{"choices":[{"token_ids":[5]},{"token_ids":[6]}]}', "sent choices that are not a list of one object"),
+    (b'{"choices":[{"token_ids":"4152"}]}', 'sent token_ids that are not a list: "4152"'),
+    (b'{"choices":[{"token_ids":[5],"prompt_token_ids":7}]}', "sent prompt_token_ids that are not a list: 7"),
+    (b'{"choices":[{"token_ids":[5],"finish_reason":[1]}]}', "sent a finish_reason that is not a string: [1]"),
+    (b"[5, 6]", "sent a stream event that is not an object: '[5, 6]'"),
+    (b"[" * 100_000, "sent a stream event that is not JSON: '[[[["),
+    (b"\xff\xfe", "sent a stream event that is not JSON"),
+])
+def test_stream_events_of_another_shape_say_what_was_sent(event, problem):
+    with pytest.raises(ValueError) as raised:
+        parse_event(event, VOCAB)
+    assert str(raised.value).startswith(problem) and len(str(raised.value)) < 200
+
+
+def test_what_a_server_sent_is_shown_cut_short():
+    assert shown(b"x" * 500) == repr("x" * 80) + "..."
+    assert shown(list(range(100))).endswith("...") and len(shown(list(range(100)))) == 83
+
+
+# --- the API key never reaches a message -----------------------------------------------------
+
+
+@pytest.fixture
+def api_key(monkeypatch):
+    monkeypatch.setenv(API_KEY_ENV, API_KEY)
+    return API_KEY
+
+
+def test_the_key_is_blotted_out_of_server_text(api_key):
+    echoed = json.dumps({"error": {"message": f"bad header Authorization: Bearer {api_key}"}}).encode()
+    line = http_error(401, echoed)
+    assert api_key not in line and f"Bearer <{API_KEY_ENV}>" in line
+    assert api_key not in shown(f"{api_key}".encode()) and api_key not in shown({"echo": api_key})
+    # A key cut short by whoever quoted it (aiohttp quotes 100 bytes of a line it cannot parse).
+    assert redact(f"b'Authorization: Bearer {api_key[:12]}...'") == f"b'Authorization: Bearer <{API_KEY_ENV}>...'"
+    assert redact(f"...{api_key[-9:]} is not valid") == f"...<{API_KEY_ENV}> is not valid"
+    assert redact(api_key[:7]) == api_key[:7]  # shorter ends stay: they would blot out common words
+    # Cut after the redaction, not before: a cut through the key would print its first part.
+    for start in range(MAX_DETAIL_CHARS - len(api_key), MAX_DETAIL_CHARS + 1):
+        message = str(EndpointError("http://h/v1", "x" * start + api_key))
+        assert api_key[:8] not in message, start
+
+
+def test_a_redirect_says_where_it_points():
+    line = http_error(307, b"", "http://elsewhere:9/v1/models")
+    assert line.startswith('HTTP 307 Temporary Redirect to "http://elsewhere:9/v1/models": redirects are not followed')
+
+
+# --- fake servers, in-process ----------------------------------------------------------------
+
+
+def refusal(server_url: str, timeout_s: float = HANG_S) -> str:
+    """The one line build_openai_backend refuses the server with."""
+    with pytest.raises(EndpointError) as raised:
+        build_openai_backend([server_url], timeout_s=timeout_s)
+    message = str(raised.value)
+    assert message.startswith(f"server {server_url}/v1: ") and "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(("ids", "problem"), [
+    ([32000, 5], "token_ids[0] = 32000, not a token id"),
+    ([5, -1], "token_ids[1] = -1, not a token id"),
+    (["2", 5], 'token_ids[0] = "2", not a token id'),
+    ("4152", 'token_ids that are not a list: "4152"'),
+    ([4.7, 5], "token_ids[0] = 4.7, not a token id"),
+    ([True, 5], "token_ids[0] = true, not a token id"),
+    (list(range(3, 2003)), "8 tokens so far, more than max_tokens 2"),
+])
+def test_a_server_sending_what_are_not_token_ids_is_refused_at_start(api_key, ids, problem):
+    with FakeServer(streamed(lambda body: answer_events(ids, "length"))) as server:
+        assert f"start-up check: sent {problem}" in refusal(server.url)
+
+
+@pytest.mark.parametrize(("events", "problem"), [
+    ([{"choices": {"0": {"token_ids": [5, 6]}}}], 'sent choices that are not a list of one object: {"0": '),
+    ([{"choices": [1]}], "sent choices that are not a list of one object: [1]"),
+    ([b"data: " + b"7" * (MAX_EVENT_BYTES // 4)] * 200, f"sent a stream line longer than {MAX_EVENT_BYTES} bytes"),
+])
+def test_a_stream_of_another_shape_is_refused_at_start(api_key, events, problem):
+    """The long line is 50 MB sent without an end: the harness stops reading after 1 MiB."""
+    with FakeServer(streamed(lambda body: events)) as server:
+        assert problem in refusal(server.url)
+
+
+@pytest.mark.parametrize(("listing", "problem"), [
+    (b'{"data": {"id": "demo"}}', "GET /models: the answer is not an OpenAI model list"),
+    (b'{"data": [{"id": 5}]}', "GET /models: the answer is not an OpenAI model list"),
+    (b'{"data": [{"id": "demo", "max_model_len": true}]}', 'model "demo" has max_model_len true, not a positive'),
+    (b"[" * 100_000, "GET /models: the answer is not an OpenAI model list (data: [{id: ...}]): '[[[["),
+    (b" " * (2 << 20), "GET /models: the model list is longer than 1048576 bytes"),
+])
+def test_a_model_list_of_another_shape_is_refused(api_key, listing, problem):
+    with FakeServer(models=raw(listing, content_type="application/json")) as server:
+        assert problem in refusal(server.url)
+
+
+def test_a_server_that_never_answers_the_model_list_is_refused_in_time(api_key):
+    with silent_server() as url:
+        assert refusal(url, SHORT_TIMEOUT_S).endswith(f"GET /models: no answer within {SHORT_TIMEOUT_S:g} s (the "
+                                                      f"start-up limit, set by {STARTUP_TIMEOUT_ENV})")
+
+
+def test_a_server_that_never_answers_the_check_is_refused_in_time(api_key):
+    with FakeServer(never_answers) as server:
+        assert f"start-up check: no answer within {SHORT_TIMEOUT_S:g} s" in refusal(server.url, SHORT_TIMEOUT_S)
+
+
+def test_the_start_up_limit_is_60_s_or_the_environments(monkeypatch):
+    monkeypatch.delenv(STARTUP_TIMEOUT_ENV, raising=False)
+    assert startup_timeout_s() == 60.0
+    monkeypatch.setenv(STARTUP_TIMEOUT_ENV, "2.5")
+    assert startup_timeout_s() == 2.5
+    for bad in ("0", "-1", "nan", "inf", "soon"):
+        monkeypatch.setenv(STARTUP_TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match=rf"^{STARTUP_TIMEOUT_ENV}='{bad}': not a number of seconds above 0$"):
+            startup_timeout_s()
+
+
+@pytest.mark.parametrize("route", ["models", "completions"])
+def test_a_redirect_is_refused_and_not_followed(api_key, route):
+    with FakeServer() as elsewhere:
+        moved = raw(b"moved", status=307, headers={"Location": f"{elsewhere.url}/v1/{route}"})
+        with FakeServer(**{route: moved}) as server:
+            problem = refusal(server.url)
+        assert f'HTTP 307 Temporary Redirect to "{elsewhere.url}/v1/{route}": redirects are not followed' in problem
+        assert elsewhere.requests == []
+
+
+def test_more_than_max_tokens_fails_the_answer(api_key):
+    too_many = after_the_check(lambda body: answer_events(list(range(3, 2003)), "length"))
+    with FakeServer(streamed(too_many)) as server:
+        backend = build_openai_backend([server.url], timeout_s=HANG_S)
+        with pytest.raises(EndpointError, match=rf"sample 4: sent 1032 tokens so far, more than max_tokens "
+                                                rf"{MAX_NEW_TOKENS}$"):
+            backend.generate([GenerationRequest(4, [1, 5])])
+
+
+def test_a_model_named_after_the_key_is_refused(api_key):
+    with FakeServer(models=model_list({"id": f"model-{api_key}"})) as server:
+        problem = refusal(server.url)
+    assert "serves a model whose name holds the API key" in problem and api_key not in problem
+
+
+# --- fake servers, main.py end to end --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Six synthetic samples: the fake servers answer anything."""
+    path = tmp_path_factory.mktemp("dataset") / "synth.pkl"
+    synth_frame(6, seed=0).to_pickle(path)
+    return path
+
+
+def run_against(url: str, dataset: Path, out: Path) -> subprocess.CompletedProcess:
+    """An Offline accuracy run of main.py against one server, as a user starts it."""
+    return run_main("--backend", "openai", "--api-server", url, "--dataset-path", str(dataset), "--scenario",
+                    "Offline", "--accuracy", "--output-log-dir", str(out), cwd=out, timeout=HANG_S)
+
+
+def last_line(result: subprocess.CompletedProcess, exit_code: int, server_url: str) -> str:
+    """The run's last line of stderr, which must name the server; the exit code checked."""
+    assert result.returncode == exit_code, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"server {server_url}/v1: " in last, last
+    return last
+
+
+def assert_refused_at_start(result: subprocess.CompletedProcess, server_url: str, *fragments: str) -> None:
+    """Exit 2 with one line naming the server and what it did; nothing else on stderr but logs."""
+    last = last_line(result, 2, server_url)
+    assert last.startswith("error: ") and all(fragment in last for fragment in fragments), last
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert [line for line in result.stderr.splitlines() if line.startswith("error")] == [last]
+
+
+def test_main_refuses_a_server_sending_a_string_for_a_token_id(api_key, dataset, tmp_path):
+    with FakeServer(streamed(lambda body: answer_events(["2"], "stop"))) as server:
+        result = run_against(server.url, dataset, tmp_path)
+    assert_refused_at_start(result, server.url, 'start-up check: sent token_ids[0] = "2", not a token id')
+
+
+def test_main_fails_the_run_on_bad_token_ids_mid_run(api_key, dataset, tmp_path):
+    """The start-up check passes; every sample's answer holds the id 32000. (The SUT logs the
+    failure's traceback above the last line, for debugging.)"""
+    with FakeServer(streamed(after_the_check(lambda body: answer_events([5, 32000, EOS_ID], "stop")))) as server:
+        result = run_against(server.url, dataset, tmp_path)
+    last = last_line(result, 1, server.url)
+    assert last.startswith("error: the run failed: ") and "sent token_ids[1] = 32000, not a token id" in last, last
+    assert sorted(entry["qsl_idx"] for entry in accuracy_entries(tmp_path)) == list(range(6))
+
+
+def test_main_refuses_a_50_mb_stream_line(api_key, dataset, tmp_path):
+    endless_line = [b"data: " + b"7" * (1 << 20)] * 50
+    with FakeServer(streamed(lambda body: endless_line)) as server:
+        result = run_against(server.url, dataset, tmp_path)
+    assert_refused_at_start(result, server.url, f"sent a stream line longer than {MAX_EVENT_BYTES} bytes")
+
+
+def test_main_ends_when_a_server_never_answers(api_key, dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv(STARTUP_TIMEOUT_ENV, str(SHORT_TIMEOUT_S))
+    with silent_server() as url:
+        result = run_against(url, dataset, tmp_path)
+    assert_refused_at_start(result, url, f"GET /models: no answer within {SHORT_TIMEOUT_S:g} s")
+
+
+def test_main_does_not_follow_a_redirect(api_key, dataset, tmp_path):
+    with FakeServer() as elsewhere:
+        moved = raw(b"", status=307, headers={"Location": f"{elsewhere.url}/v1/models"})
+        with FakeServer(models=moved) as server:
+            result = run_against(server.url, dataset, tmp_path)
+    assert_refused_at_start(result, server.url, "HTTP 307 Temporary Redirect", f"{elsewhere.url}/v1/models",
+                            "redirects are not followed")
+    assert elsewhere.requests == []
+
+
+async def echo_authorization(server: FakeServer, request, body):
+    from aiohttp import web
+
+    return web.Response(status=401, text=f"Unauthorized. Your Authorization: {request.headers['Authorization']}")
+
+
+def echo_in_the_stream(body):
+    """An error event quoting the request's key back (a server echoing what it got)."""
+    return [{"error": {"message": f"rejected a request with Authorization: Bearer {API_KEY}", "code": 500}}]
+
+
+@pytest.mark.parametrize(("server_kwargs", "exit_code"), [
+    ({"models": echo_authorization}, 2),
+    ({"completions": echo_authorization}, 2),
+    ({"completions": streamed(after_the_check(echo_in_the_stream))}, 1),
+])
+def test_main_never_prints_the_api_key(api_key, dataset, tmp_path, server_kwargs, exit_code):
+    with FakeServer(**server_kwargs) as server:
+        result = run_against(server.url, dataset, tmp_path)
+    assert f"Bearer <{API_KEY_ENV}>" in last_line(result, exit_code, server.url)  # echoed, blotted out
+    assert api_key not in result.stdout + result.stderr
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]  # logs, journal (none at start-up)
+    assert not [path for path in written if api_key in path.read_text(errors="replace")]
+    assert written or exit_code == 2
