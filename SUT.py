@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import mlperf_loadgen as lg
 
 from dataset import MixtralDataset
-from harness.backend import EOS_ID, GenerationBackend, GenerationRequest
+from harness.backend import EOS_ID, DescribedFailure, GenerationBackend, GenerationRequest
 from harness.completion import CompletionSink
 from harness.journal import Journal
 
@@ -145,7 +145,10 @@ class _SUTBase:
         if self.sink.failure is not None:  # the backend stopped because the run was already ending
             log.debug("Generation ended after the run failed: %r", exc)
             return
-        log.exception("Generation failed")
+        if isinstance(exc, DescribedFailure):
+            log.error("Generation failed: %s", exc)
+        else:
+            log.exception("Generation failed")
         self.fail(f"generation failed: {type(exc).__name__}: {exc}")
 
     def _dispatch(self, requests: list[GenerationRequest]) -> None:

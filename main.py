@@ -19,11 +19,11 @@ from pathlib import Path
 
 import mlperf_loadgen as lg
 
-from harness.backend import GenerationBackend
+from harness.backend import MAX_PROMPT_TOKENS, GenerationBackend
 from harness.endpoint import EndpointError
 from harness.interrupts import Interrupted, raising_interrupts, run_interruptible, signal_name
 from harness.openai_backend import DEFAULT_CONCURRENCY, build_openai_backend, check_api_flags, served_model_name
-from harness.output_dirs import OutputDirError, ensure_writable_dir
+from harness.output_dirs import OutputDirError, ensure_writable_dir, exclusive_use
 from harness.provenance import ProvenanceError, loadgen_seeds, run_facts, seeds_warning, write_run_files
 
 log = logging.getLogger("main")
@@ -60,6 +60,7 @@ class RunConfig:
     output_log_dir: Path
     enable_log_trace: bool
     resume: bool
+    resume_unverified: bool
     watchdog_timeout: float
     sort_by_length: bool
     tensor_parallel_size: int
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-log-trace", action="store_true", help="write loadgen's trace log")
     p.add_argument("--resume", action="store_true",
                    help="accuracy runs: reuse answers journaled in <output-log-dir>/run_outputs/")
+    p.add_argument("--resume-unverified", action="store_true",
+                   help="with --resume: reuse a journal that has no run.json (an older harness's, or the reference's), "
+                        "whose answers cannot be checked against this run's dataset, model and settings")
     p.add_argument("--watchdog-timeout", type=float, default=3600.0,
                    help="seconds without any progress (a finished sample or, in Server, a first token) before "
                         "the run is failed")
@@ -148,6 +152,8 @@ def validate(config: RunConfig) -> None:
         raise UsageError(f"--batching chooses how the hf backend batches; --backend {config.backend} batches itself")
     if config.resume and not config.accuracy:
         raise UsageError("--resume reuses journaled answers, which only an --accuracy run may do")
+    if config.resume_unverified and not config.resume:
+        raise UsageError("--resume-unverified qualifies --resume; pass both")
     for flag, path in (("--user-conf", config.user_conf), ("--mlperf-conf", config.mlperf_conf),
                        ("--audit-conf", config.audit_conf), ("--dataset-path", config.dataset_path)):
         if path is not None and not path.is_file():
@@ -245,6 +251,20 @@ def model_identity(config: RunConfig) -> dict:
     return checkpoint_identity(config.model_path)
 
 
+def check_prompt_lengths(dataset: object, config: RunConfig) -> None:
+    """The engines' context holds MAX_PROMPT_TOKENS of prompt plus an answer: a longer prompt is
+    refused now, not after minutes of model loading (static generate and servers have their own)."""
+    if config.backend != "vllm" and not (config.backend == "hf" and hf_batching(config) == "inflight"):
+        return
+    lengths = [len(ids) for ids in dataset.input_ids]
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[longest] > MAX_PROMPT_TOKENS:
+        engine = "vllm" if config.backend == "vllm" else "hf with in-flight batching"
+        raise UsageError(f"{config.dataset_path}: sample {longest} has a {lengths[longest]}-token prompt; "
+                         f"--backend {engine} holds prompts of at most {MAX_PROMPT_TOKENS} tokens (the dataset's "
+                         "longest) plus the answer")
+
+
 def hf_batching(config: RunConfig) -> str:
     """How the hf backend batches: --batching, else in-flight (measured faster in both scenarios)."""
     return config.batching or "inflight"
@@ -317,17 +337,23 @@ def exit_now(sut: object, backends: list[GenerationBackend], signum: int) -> Non
 def execute(config: RunConfig, backends: list[GenerationBackend] | None = None) -> RunOutcome:
     """Validate, load, run one loadgen test; raises UsageError for bad input. `backends`: engines
     the caller built and will close; by default they are built here and closed at the end."""
+    validate(config)
+    try:  # before anything long: loadgen could not write its logs (it would crash at the end)
+        ensure_writable_dir(config.output_log_dir, "--output-log-dir")
+        with exclusive_use(config.output_log_dir, "--output-log-dir"):
+            return execute_in_own_folder(config, backends)
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def execute_in_own_folder(config: RunConfig, backends: list[GenerationBackend] | None) -> RunOutcome:
+    """execute() once the output folder is this run's alone."""
     from dataset import DatasetError, MixtralDataset
     from harness.journal import Journal, JournalError
     from harness.loadgen_logs import read_detail_log
     from harness.run_record import run_record
     from SUT import OfflineSUT, ServerSUT
 
-    validate(config)
-    try:  # before anything long: loadgen could not write its logs (it would crash at the end)
-        ensure_writable_dir(config.output_log_dir, "--output-log-dir")
-    except OutputDirError as exc:
-        raise UsageError(str(exc)) from None
     config, demo = with_demo_assets(config)
     if demo:
         print("DEMO RUN: a tiny Mixtral trained on a sample set; its figures are not a Mixtral-8x7B result.",
@@ -339,10 +365,12 @@ def execute(config: RunConfig, backends: list[GenerationBackend] | None = None) 
     check_audit_conf(config)
     try:
         dataset = MixtralDataset(config.dataset_path, config.total_sample_count)
+        check_prompt_lengths(dataset, config)
         made_from = run_record(config.dataset_path, model_identity(config), config.dtype)
         journal = None
         if config.accuracy:
-            journal = Journal(config.output_log_dir / "run_outputs", config.resume, made_from)
+            journal = Journal(config.output_log_dir / "run_outputs", config.resume, made_from,
+                              unverified=config.resume_unverified)
         facts = run_facts(scenario=config.scenario, accuracy=config.accuracy, audit_conf=config.audit_conf,
                           backend=config.backend, record=made_from, seeds=seeds, samples=len(dataset),
                           dataset_rows=dataset.file_rows)

@@ -16,8 +16,14 @@ from harness.tokenizer import EOS_ID as EOS_ID  # re-exported: the id every back
 
 MIN_NEW_TOKENS = 2
 MAX_NEW_TOKENS = 1024
+MAX_PROMPT_TOKENS = 2048  # the dataset's longest prompt; the engines' context is sized for it plus an answer
 MBXP_STOP_IDS = (13, 13940, 28832, 13)  # "\n```\n"
 IDLE_POLL_S = 0.2  # how often a backend loop waiting for work looks at abort()
+
+
+class DescribedFailure(Exception):
+    """A generation failure whose message already says, in one line, what failed and where (a
+    server's misbehaviour, say): the run reports that line, and a traceback would add nothing."""
 
 
 @dataclass(frozen=True)

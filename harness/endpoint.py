@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 
-from harness.backend import EOS_ID
+from harness.backend import EOS_ID, DescribedFailure
 from harness.tokenizer import bundled_tokenizer_model, load_sentencepiece
 
 API_KEY_ENV = "OPENAI_API_KEY"  # sent as a bearer token when set; never a flag, never logged
@@ -54,7 +54,7 @@ KEY_END_CHARS = 8  # the shortest start or end of the key that is blotted out wh
 STREAM_INTERVAL = 8
 
 
-class EndpointError(Exception):
+class EndpointError(DescribedFailure):
     """A server failed; str() is one line naming it."""
 
     def __init__(self, server: str, what: str) -> None:

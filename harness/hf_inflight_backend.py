@@ -36,6 +36,7 @@ from harness.backend import (
     EOS_ID,
     IDLE_POLL_S,
     MAX_NEW_TOKENS,
+    MAX_PROMPT_TOKENS,
     MIN_NEW_TOKENS,
     DoneHandler,
     FirstTokenHandler,
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 ENGINE_STOP_TIMEOUT_S = 30.0
 ARRIVAL_POLL_S = 0.005  # serve(): longest wait for engine output before new arrivals are added
-MAX_SEQUENCE_TOKENS = 2048 + MAX_NEW_TOKENS  # longest dataset prompt and the longest answer
+MAX_SEQUENCE_TOKENS = MAX_PROMPT_TOKENS + MAX_NEW_TOKENS
 # On the CPU transformers would size the KV cache from 90 % of the machine's RAM, and its attention
 # masks grow with (batch tokens x cache tokens): keep both to what a CPU run can use.
 CPU_MAX_BATCH_TOKENS = 2048

@@ -19,8 +19,11 @@ HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 JOIN_POLL_S = 0.2  # the waiting main thread wakes this often (signal handlers run between waits)
 
 
-class Interrupted(Exception):
-    """A SIGINT or SIGTERM arrived; exit_code is the shell's convention, 128 + the signal number."""
+class Interrupted(BaseException):
+    """A SIGINT or SIGTERM arrived; exit_code is the shell's convention, 128 + the signal number.
+
+    A BaseException, as KeyboardInterrupt is: the `except Exception` of a library (tqdm, a
+    checkpoint loader) or of our own error handling must not swallow it and carry on."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal_name(signum))

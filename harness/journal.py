@@ -111,7 +111,7 @@ class Journal:
     """Appends finished batches to a run_outputs folder (each batch its own file, so workers never
     share one). `made_from` (harness.run_record) is written beside them; a resumed run must match it."""
 
-    def __init__(self, folder: Path, resume: bool, made_from: dict) -> None:
+    def __init__(self, folder: Path, resume: bool, made_from: dict, unverified: bool = False) -> None:
         self.folder = folder
         existing = sorted(folder.glob("q*.pkl")) if folder.is_dir() else []
         if existing and not resume:
@@ -121,18 +121,22 @@ class Journal:
             )
         self.done: dict[int, list[int]] = {}
         if resume:
-            self._check_same_run(read_run_record(folder) if folder.is_dir() else None, made_from, bool(existing))
+            self._check_same_run(read_run_record(folder) if folder.is_dir() else None, made_from, bool(existing),
+                                 unverified)
             self.done = read_journal(folder) if existing else {}
             log.info("Resuming: %d samples already answered in %s", len(self.done), folder)
         folder.mkdir(parents=True, exist_ok=True)
         write_atomically(folder / RUN_RECORD, json.dumps(made_from, indent=1, sort_keys=True).encode())
         self.answers = len(self.done)  # answers the folder holds
 
-    def _check_same_run(self, recorded: dict | None, made_from: dict, has_outputs: bool) -> None:
+    def _check_same_run(self, recorded: dict | None, made_from: dict, has_outputs: bool, unverified: bool) -> None:
         if recorded is None:
+            if has_outputs and not unverified:
+                raise JournalError(f"{self.folder}: has no {RUN_RECORD}, so its answers cannot be checked against this "
+                                   "run's dataset, model and settings; pass --resume-unverified to reuse them anyway")
             if has_outputs:
-                log.warning("%s has no %s: it cannot be checked against this run's dataset, model and settings",
-                            self.folder, RUN_RECORD)
+                log.warning("%s has no %s: reusing its answers unchecked (--resume-unverified)", self.folder,
+                            RUN_RECORD)
             return
         changed = differences(recorded, made_from)
         if changed:

@@ -3,8 +3,11 @@ with results it cannot write. Entry points turn OutputDirError into one line and
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 OUTPUT_DIR_EXIT_STATUS = 2
@@ -31,3 +34,33 @@ def ensure_writable_dir(path: Path, flag: str) -> Path:
     except OSError as exc:
         raise OutputDirError(f"{flag} {path}: not writable ({exc.strerror or exc})") from None
     return path
+
+
+LOCK_FILE = ".main.lock"
+
+
+@contextlib.contextmanager
+def exclusive_use(path: Path, flag: str) -> Iterator[None]:
+    """Holds an flock on a lock file in `path` (whose content is the holder's pid) for as long as
+    the block runs: two runs writing one folder interleave their logs and journal. The kernel drops
+    the lock when its process dies, so a killed run never leaves the folder locked."""
+    lock_path = Path(path) / LOCK_FILE
+    try:
+        handle = open(lock_path, "a+")  # noqa: SIM115 (held for the whole block, closed in finally)
+    except OSError as exc:
+        raise OutputDirError(f"{flag} {path}: cannot create its lock file ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise OutputDirError(f"{flag} {path}: another run (pid {holder}) is using this folder; wait for it to "
+                                 "end or choose another folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()

@@ -25,6 +25,7 @@ from harness.backend import (
     EOS_ID,
     IDLE_POLL_S,
     MAX_NEW_TOKENS,
+    MAX_PROMPT_TOKENS,
     MIN_NEW_TOKENS,
     DoneHandler,
     FirstTokenHandler,
@@ -38,8 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MAX_INPUT_TOKENS = 2048  # longest dataset prompt
-DEFAULT_MAX_MODEL_LEN = MAX_INPUT_TOKENS + MAX_NEW_TOKENS
+DEFAULT_MAX_MODEL_LEN = MAX_PROMPT_TOKENS + MAX_NEW_TOKENS
 
 
 @dataclass

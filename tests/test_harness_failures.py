@@ -175,16 +175,17 @@ def test_second_sigterm_exits_at_once_keeping_the_journal(tmp_path, demo_assets,
     flags = ("--scenario", "Server", "--accuracy", "--user-conf", str(conf))
     stopped = tmp_path / "stopped"
     process = start_main(*flags, "--output-log-dir", str(stopped), cwd=tmp_path)
-    while not (stopped / "mlperf_log_detail.txt").is_file() and process.poll() is None:
-        time.sleep(0.05)
-    time.sleep(5)
+    wait_for_journal_files(stopped / "run_outputs", 1)
     os.killpg(process.pid, signal.SIGTERM)
-    time.sleep(1)
+    stderr_lines = []
+    for line in process.stderr:  # until the first signal is taken: the Server schedule goes on for ~30 s
+        stderr_lines.append(line)
+        if line.startswith("interrupted (SIGTERM): stopping"):
+            break
     assert process.poll() is None, "the first signal lets loadgen end its test"
     os.killpg(process.pid, signal.SIGTERM)
-    started = time.monotonic()
-    _, stderr = process.communicate(timeout=QUICK)
-    assert time.monotonic() - started < 20
+    _, rest = process.communicate(timeout=QUICK)
+    stderr = "".join(stderr_lines) + rest
     assert process.returncode == 143, stderr[-2000:]
     assert "Traceback" not in stderr
     assert "interrupted twice (SIGTERM)" in stderr.strip().splitlines()[-1]
@@ -271,3 +272,68 @@ def test_malformed_user_conf(tmp_path, demo_assets):
     conf.write_text("mixtral-8x7b.Offline.min_query_count = many\n")
     result = run_main("--user-conf", str(conf), "--output-log-dir", str(tmp_path), cwd=tmp_path, timeout=QUICK)
     assert_one_line_error(result, str(conf), "malformed")
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path, demo_assets):
+    """The folder's lock is held by another process (this test's): the run names it and its pid."""
+    from harness.output_dirs import exclusive_use
+
+    out = tmp_path / "logs"
+    out.mkdir()
+    with exclusive_use(out, "--output-log-dir"):
+        result = run_main("--accuracy", "--output-log-dir", str(out), cwd=tmp_path, timeout=QUICK)
+    assert result.returncode == 2
+    assert_one_line_error(result, f"--output-log-dir {out}: another run (pid {os.getpid()}) is using this folder")
+    assert not (out / "mlperf_log_detail.txt").exists() and not (out / "run_outputs").exists()
+
+
+def test_resume_refuses_a_journal_without_a_run_record_unless_told(tmp_path, demo_journal):
+    (demo_journal / "run_outputs" / "run.json").unlink()
+    flags = ("--accuracy", "--resume", "--total-sample-count", "2", "--output-log-dir", str(demo_journal))
+    refused = run_main(*flags, cwd=tmp_path, timeout=QUICK)
+    assert refused.returncode == 2
+    assert_one_line_error(refused, str(demo_journal / "run_outputs"), "has no run.json",
+                          "pass --resume-unverified to reuse them anyway")
+    resumed = run_main(*flags, "--resume-unverified", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert answers_by_index(demo_journal)[0] == [330, 2], "the journaled answer was reused"
+
+
+def test_resume_unverified_needs_resume(tmp_path):
+    result = run_main("--accuracy", "--resume-unverified", "--output-log-dir", str(tmp_path), cwd=tmp_path,
+                      timeout=QUICK)
+    assert result.returncode == 2
+    assert_one_line_error(result, "--resume-unverified qualifies --resume")
+
+
+@pytest.mark.parametrize("flags", [("--backend", "vllm"), ("--backend", "hf")])
+def test_a_prompt_longer_than_the_engines_context_is_refused_before_loading(tmp_path, demo_assets, flags):
+    frame = pd.read_pickle(demo_assets.dataset_path)
+    frame.at[5, "tok_input"] = [1] + [330] * 2048
+    long_prompts = tmp_path / "long.pkl"
+    frame.to_pickle(long_prompts)
+    result = run_main("--dataset-path", str(long_prompts), *flags, "--output-log-dir", str(tmp_path / "out"),
+                      cwd=tmp_path, timeout=QUICK)
+    assert result.returncode == 2
+    assert_one_line_error(result, f"{long_prompts}: sample 5 has a 2049-token prompt",
+                          "holds prompts of at most 2048 tokens")
+    assert "Loading weights" not in result.stderr, "refused before any model loads"
+
+
+def test_sigterm_while_the_model_loads_is_one_line_and_143(tmp_path, demo_assets):
+    """Interrupted is no Exception: the loader's and tqdm's `except Exception` cannot swallow it."""
+    from harness.interrupts import Interrupted
+
+    assert not issubclass(Interrupted, Exception)
+    process = start_main("--output-log-dir", str(tmp_path / "out"), cwd=tmp_path)
+    stderr_lines = []
+    for line in process.stderr:
+        stderr_lines.append(line)
+        if "Loaded 36 samples" in line:  # the dataset is in; the model loads next
+            break
+    os.killpg(process.pid, signal.SIGTERM)
+    _, rest = process.communicate(timeout=QUICK)
+    stderr = "".join(stderr_lines) + rest
+    assert process.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM")

@@ -358,12 +358,13 @@ def test_main_refuses_a_server_sending_a_string_for_a_token_id(api_key, dataset,
 
 
 def test_main_fails_the_run_on_bad_token_ids_mid_run(api_key, dataset, tmp_path):
-    """The start-up check passes; every sample's answer holds the id 32000. (The SUT logs the
-    failure's traceback above the last line, for debugging.)"""
+    """The start-up check passes; every sample's answer holds the id 32000. The failure is logged
+    in one line naming the server, with no traceback (it would add nothing)."""
     with FakeServer(streamed(after_the_check(lambda body: answer_events([5, 32000, EOS_ID], "stop")))) as server:
         result = run_against(server.url, dataset, tmp_path)
     last = last_line(result, 1, server.url)
     assert last.startswith("error: the run failed: ") and "sent token_ids[1] = 32000, not a token id" in last, last
+    assert "Traceback" not in result.stderr
     assert sorted(entry["qsl_idx"] for entry in accuracy_entries(tmp_path)) == list(range(6))
 
 

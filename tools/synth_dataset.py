@@ -20,14 +20,12 @@ import numpy as np
 import pandas as pd
 
 from dataset import DATASET_COLUMNS, VOCAB_SIZE
-from harness.backend import EOS_ID, MBXP_STOP_IDS
+from harness.backend import EOS_ID, MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, MBXP_STOP_IDS
 
 logger = logging.getLogger(__name__)
 
 PROMPT_PREFIX = (1, 1, 28705, 733, 16289, 28793)  # "<s> [INST]" as the dataset tokenizes it
 FIRST_RANDOM_ID = 3  # after <unk>, <s>, </s>
-MAX_INPUT_TOKENS = 2048
-MAX_OUTPUT_TOKENS = 1024
 PARTS = ("OpenOrca", "GSM8K", "MBXP")
 SCORED_LANGUAGES = ("cpp", "python", "php", "javascript", "ruby", "typescript")
 UNSCORED_LANGUAGES = ("java", "go", "kotlin")
@@ -80,9 +78,9 @@ def _sample_id(rng: np.random.Generator, part: str, index: int) -> str:
 def _part_rows(rng: np.random.Generator, part: str, count: int) -> list[dict[str, Any]]:
     is_mbxp = part == "MBXP"
     stop_ids = list(MBXP_STOP_IDS) if is_mbxp else [EOS_ID]
-    input_lengths = _lengths(rng, INPUT_LENGTHS[part], count, len(PROMPT_PREFIX) + 1, MAX_INPUT_TOKENS)
+    input_lengths = _lengths(rng, INPUT_LENGTHS[part], count, len(PROMPT_PREFIX) + 1, MAX_PROMPT_TOKENS)
     # MBXP references end with the stop sequence, so they are at least that long.
-    output_lengths = _lengths(rng, OUTPUT_LENGTHS[part], count, len(stop_ids) + 1, MAX_OUTPUT_TOKENS)
+    output_lengths = _lengths(rng, OUTPUT_LENGTHS[part], count, len(stop_ids) + 1, MAX_NEW_TOKENS)
     rows = []
     for index, (n_in, n_out) in enumerate(zip(input_lengths, output_lengths, strict=True)):
         tok_input = list(PROMPT_PREFIX) + _random_ids(rng, int(n_in) - len(PROMPT_PREFIX))
