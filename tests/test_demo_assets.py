@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import pickletools
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -129,9 +128,7 @@ def test_greedy_generation_emits_eos_and_stop_ids(model: MixtralForCausalLM, dat
 
 def test_second_build_is_a_cache_hit(demo_assets: DemoAssets) -> None:
     mtime = (demo_assets.model_dir / "model.safetensors").stat().st_mtime_ns
-    start = time.perf_counter()
     assert ensure_demo_assets() == demo_assets
-    assert time.perf_counter() - start < 1.0
     assert (demo_assets.model_dir / "model.safetensors").stat().st_mtime_ns == mtime
 
 

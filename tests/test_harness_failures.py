@@ -76,10 +76,8 @@ def test_resume_needs_accuracy_mode(tmp_path):
 def test_generation_raising_in_a_worker_fails_the_run(tmp_path, demo_assets, scenario, batching):
     # A real failure inside generate: prompt ids beyond this model's 1,000-row embedding.
     model = random_tiny_mixtral(tmp_path / "small_vocab", vocab_size=1000)
-    started = time.monotonic()
     result = run_main("--scenario", scenario, "--accuracy", "--batching", batching, "--model-path", model,
                       "--output-log-dir", str(tmp_path / "logs"), cwd=tmp_path, timeout=QUICK)
-    assert time.monotonic() - started < QUICK
     assert result.returncode == 1
     assert "error: the run failed: generation failed: " in result.stderr
     assert "index out of range" in result.stderr.strip().splitlines()[-1]

@@ -123,10 +123,9 @@ def test_abort_returns_promptly_without_answers(tmp_path):
         lambda r, ids: done.append(r)))
     call.start()
     assert first_token.wait(QUICK_S)
-    started = time.monotonic()
     backend.abort()
-    call.join(QUICK_S)
-    assert not call.is_alive() and time.monotonic() - started < 5
+    call.join(QUICK_S)  # unaborted, four answers of 1,024 tokens would take far longer; only a hang reaches this
+    assert not call.is_alive()
     assert done == [], "nothing unfinished is handed over"
     backend.close()
     assert not backend.manager.is_running(), "close() stops the engine thread"
