@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from harness.json_files import JsonFileError, read_json_file
+
 RUN_FACTS_FILE = "harness_run.json"
 USER_CONF_FILE = "user.conf"
 MLPERF_CONF_FILE = "mlperf.conf"
@@ -129,11 +131,9 @@ def read_run_facts(run_dir: Path) -> dict[str, Any]:
     """harness_run.json of a run folder; ProvenanceError names the file when absent or unreadable."""
     path = run_dir / RUN_FACTS_FILE
     try:
-        facts = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ProvenanceError(f"{path}: not found (a run of this harness writes it; rerun with it)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProvenanceError(f"{path}: not readable as JSON ({exc})") from None
+        facts = read_json_file(path, "a run of this harness writes it; rerun with it")
+    except JsonFileError as exc:
+        raise ProvenanceError(str(exc)) from None
     if not isinstance(facts, dict) or not isinstance(facts.get("made_from"), dict):
         raise ProvenanceError(f"{path}: not a run record of this harness (no made_from)")
     return facts

@@ -10,13 +10,13 @@ submission's results folder. Exit status: 0 passed, 1 a check failed, 2 unusable
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from harness.json_files import JsonFileError, read_json_file  # noqa: E402
 from harness.output_dirs import OUTPUT_DIR_EXIT_STATUS, OutputDirError, ensure_writable_dir  # noqa: E402
 from harness.test06 import verification_lines  # noqa: E402
 
@@ -34,11 +34,9 @@ def read_entries(compliance_dir: Path) -> list[dict]:
         raise UnusableInput(f"-c {compliance_dir}: not a folder")
     log_path = compliance_dir / LOG_NAME
     try:
-        entries = json.loads(log_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UnusableInput(f"{log_path}: not found (run TEST06 with --audit-conf first)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UnusableInput(f"{log_path}: not readable as JSON ({exc})") from None
+        entries = read_json_file(log_path, "run TEST06 with --audit-conf first")
+    except JsonFileError as exc:
+        raise UnusableInput(str(exc)) from None
     if not isinstance(entries, list) or not entries:
         raise UnusableInput(f"{log_path}: holds no accuracy entries (a loadgen accuracy log is a non-empty list)")
     return entries

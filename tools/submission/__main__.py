@@ -8,12 +8,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from tools.submission.runs import RunsError, run_all
-from tools.submission.tree import MEASUREMENT_FIELDS, TreeError, build_tree
+from tools.submission.tree import MEASUREMENT_FIELDS, TreeError, build_tree, read_json
 
 EXIT_BAD_INPUT = 2
 
@@ -42,10 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def read_measurements(path: Path | None) -> dict[str, object]:
     if path is None:
         return {}
-    try:
-        fields = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TreeError(f"{path}: not readable as JSON ({exc})") from None
+    fields = read_json(path, "--measurements-json")
     if not isinstance(fields, dict) or (unknown := sorted(set(fields) - set(MEASUREMENT_FIELDS))):
         raise TreeError(f"{path}: measurements fields are {', '.join(MEASUREMENT_FIELDS)}"
                         + (f"; not {', '.join(unknown)}" if isinstance(fields, dict) else ""))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.json_files import JsonFileError, read_json_file
 from harness.loadgen_logs import read_detail_log
 from harness.provenance import (
     MLPERF_CONF_FILE,
@@ -79,11 +80,9 @@ class ScenarioRuns:
 
 def read_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TreeError(f"{path}: not found ({what})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TreeError(f"{path}: not readable as JSON ({exc})") from None
+        return read_json_file(path, what)
+    except JsonFileError as exc:
+        raise TreeError(str(exc)) from None
 
 
 def require_files(folder: Path, names: Sequence[str], what: str) -> None:
