@@ -244,11 +244,10 @@ FORGERIES = {  # each tries to make a failing answer pass; afterwards the test i
     "the secret from stdin": "import os, importlib.util\n"
                              "posix = importlib.util.module_from_spec(importlib.util.find_spec('posix'))\n"
                              "posix.write(1, os.read(0, 256))\nposix._exit(0)\n",
-    "the wrapper's own frames": "import sys, os\nmain = sys._getframe().f_back.f_back.f_locals\n"
-                                "os.write(main['tell_fd'], b'!')\nimport time\ntime.sleep(0.5)\n"
+    "the wrapper's own frames": "import sys\nmain = sys._getframe().f_back.f_locals\n"
                                 "main['write'](1, b'passed')\nmain['exit_now'](0)\n",
     "its memory": "open('/proc/self/mem', 'rb')\n",
-    "the keeper thread's frame": "import sys\nsys._current_frames()\n",
+    "other threads' frames": "import sys\nsys._current_frames()\n",
     "the garbage collector": "import gc\ngc.get_objects()\n",
     "ctypes": "import ctypes\nctypes.CDLL(None).exit(0)\n",
     "a signal during the failure report": "import signal, sys\n"
@@ -260,6 +259,54 @@ FORGERIES = {  # each tries to make a failing answer pass; afterwards the test i
 @pytest.mark.parametrize("attempt", list(FORGERIES))
 def test_a_python_answer_cannot_forge_a_pass(attempt):
     [verdict] = run_mbxp([MbxpTask("forge", "python", "f", FORGERIES[attempt], FAILING_TEST)], n_workers=1,
+                         progress=False, run_timeout_s=RUN_TIMEOUT_S)
+    assert not verdict.passed and verdict.result != "passed", verdict.result
+
+
+# The checker's secret is 32 bytes (languages.check_python). This reads every local of every frame
+# it can reach (its callers', and those of the traceback it is handed) and, on finding 32 bytes,
+# writes them as the verdict and ends the process with status 0. `_provoke` makes the pipe that the
+# checker's former keeper thread waited on fail under it (as an adversarial review did), so that the
+# thread's exception, whose traceback held the secret, reached the answer's hooks.
+HARVEST = (
+    "import os, sys, threading, time\n"
+    "def _harvest(tb=None, frame=None):\n"
+    "    frames, frame = [], frame or sys._getframe()\n"
+    "    while frame:\n        frames.append(frame)\n        frame = frame.f_back\n"
+    "    while tb:\n        frames.append(tb.tb_frame)\n        tb = tb.tb_next\n"
+    "    for frame in frames:\n"
+    "        for value in list(frame.f_locals.values()):\n"
+    "            if isinstance(value, bytes) and len(value) == 32:\n"
+    "                os.write(1, value)\n                os._exit(0)\n"
+    "def _provoke():\n"
+    "    frame = sys._getframe()\n"
+    "    while frame:\n"
+    "        names = frame.f_locals\n"
+    "        if 'told_fd' in names and 'tell_fd' in names:\n"
+    "            os.write(names['tell_fd'], b'!')\n            os.close(names['told_fd'])\n"
+    "        frame = frame.f_back\n"
+)
+HOOKS = {  # each installs its hook, provokes, and leaves the hook time to run before the test fails
+    "sys.unraisablehook": "sys.unraisablehook = lambda args: _harvest(args.exc_traceback)\n",
+    "threading.excepthook": "threading.excepthook = lambda args: _harvest(args.exc_traceback)\n"
+                            "threading.Thread(target=lambda: 1 / 0).start()\n",
+    "sys.excepthook": "sys.excepthook = lambda kind, error, tb: _harvest(tb)\n",
+    "atexit": "import atexit\natexit.register(_harvest)\n",
+    "__del__": "class _Cycle:\n    def __del__(self):\n        _harvest()\n"
+               "for _ in range(10000):\n    _cycle = _Cycle()\n    _cycle.me = _cycle\n",
+    "a trace function on the checker's frame": "def _trace(frame, event, arg):\n    _harvest(frame=frame)\n"
+                                               "    return _trace\n"
+                                               "sys._getframe(1).f_trace = _trace\n"
+                                               "sys._getframe(1).f_trace_opcodes = True\n"
+                                               "sys.settrace(_trace)\n",
+    "a profile function": "sys.setprofile(lambda frame, event, arg: _harvest(frame=frame))\n",
+}
+
+
+@pytest.mark.parametrize("hook", list(HOOKS))
+def test_a_python_answer_cannot_reach_the_secret_through_hooks(hook):
+    response = HARVEST + HOOKS[hook] + "_provoke()\ntime.sleep(1)\n"
+    [verdict] = run_mbxp([MbxpTask("hook", "python", "_harvest", response, FAILING_TEST)], n_workers=1,
                          progress=False, run_timeout_s=RUN_TIMEOUT_S)
     assert not verdict.passed and verdict.result != "passed", verdict.result
 
