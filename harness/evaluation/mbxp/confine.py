@@ -10,10 +10,11 @@ detached or setsid one included, stays its descendant (orphans are re-parented t
 It forks the command's process, which confines itself before exec: resource limits, no_new_privs,
 Landlock (when the kernel offers it) so that only `writable_dir` (and /dev/null) can be written,
 TCP connect/bind is refused and signals cannot leave the sandbox, then, when started as root, the
-switch to the unprivileged `user`. When the command exits, or after `timeout_s`, the supervisor
-SIGKILLs and reaps every descendant left, until it has no child at all, then ends:
+switch to the unprivileged `user`. When the command exits, after `timeout_s`, or when the supervisor
+receives SIGTERM (the harness stopping its checks), it SIGKILLs and reaps every descendant left,
+until it has no child at all, then ends:
 - with the command's exit status (128 + N when signal N killed it);
-- on timeout, by SIGKILL from itself, which no exit status of the command can look like.
+- on timeout or SIGTERM, by SIGKILL from itself, which no exit status of the command can look like.
 The supervisor never runs untrusted code, and as root it cannot be signalled by the checks.
 """
 
@@ -108,9 +109,12 @@ def _set_limits(spec: dict) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+_AWAITED = {signal.SIGCHLD, signal.SIGTERM}  # blocked in the supervisor, taken by sigtimedwait
+
+
 def _confine_and_exec(spec: dict, command: list[str]) -> None:
     """In the forked child: confine this process, then become the command."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})  # the mask survives exec
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _AWAITED)  # the mask survives exec
     _set_limits(spec)
     # no_new_privs: setuid binaries (su, sudo) cannot undo the user switch below; Landlock also requires it.
     _check(_libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
@@ -126,8 +130,9 @@ def _confine_and_exec(spec: dict, command: list[str]) -> None:
 
 
 def _wait(pid: int, timeout_s: float) -> int | None:
-    """The wait status of child `pid`, None when it ran past timeout_s (SIGCHLD is blocked, so that
-    sigtimedwait wakes at any child's exit; those of re-parented orphans only cause another look)."""
+    """The wait status of child `pid`, None when it ran past timeout_s or SIGTERM came first (both are
+    blocked, so that sigtimedwait wakes at any child's exit, those of re-parented orphans only
+    causing another look, and at SIGTERM)."""
     deadline = time.monotonic() + timeout_s
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -136,7 +141,9 @@ def _wait(pid: int, timeout_s: float) -> int | None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
-        signal.sigtimedwait({signal.SIGCHLD}, remaining)
+        received = signal.sigtimedwait(_AWAITED, remaining)
+        if received is not None and received.si_signo == signal.SIGTERM:
+            return None
 
 
 def _descendants() -> list[int]:
@@ -176,7 +183,8 @@ def _end_descendants() -> None:
 def main(argv: list[str]) -> None:
     spec, command = json.loads(argv[1]), argv[2:]
     _check(_libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    # Until here SIGTERM ends this process by default, which is right: it has no child yet.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _AWAITED)
     pid = os.fork()
     if pid == 0:
         try:

@@ -37,9 +37,10 @@ import site
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from harness.evaluation.mbxp import confine
@@ -62,6 +63,61 @@ class RunOutcome:
     stdout_tail: bytes = b""  # the end of stdout, when run_confined was asked to keep it
 
 
+class ChecksStopped(BaseException):
+    """A check was to start a command after its run was stopped. Not an Exception: like an
+    interrupt, it is no checker error and must not be scored as one."""
+
+
+class Supervisors:
+    """The running supervisors of a group of checks, so that an interrupted run can end them at once
+    rather than wait for every check to end by itself."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self._stopped = False
+
+    @contextmanager
+    def started(self, command: Sequence[str], **popen_args: object) -> Iterator[subprocess.Popen]:
+        """Popen(command, **popen_args), known as running until the block ends. Raises ChecksStopped
+        after stop()."""
+        with self._lock:  # so that no supervisor starts unseen by a concurrent stop()
+            if self._stopped:
+                raise ChecksStopped
+            process = subprocess.Popen(command, **popen_args)
+            self._running.add(process)
+        try:
+            yield process
+        finally:
+            with self._lock:
+                self._running.discard(process)
+
+    def stop(self) -> None:
+        """Ends every running check (each supervisor kills its command's processes and exits) and
+        refuses new ones; the threads waiting on them return within moments."""
+        with self._lock:
+            self._stopped = True
+            for process in self._running:
+                _stop_supervisor(process)
+
+    @contextmanager
+    def stopped_on_error(self) -> Iterator[None]:
+        """Any exception leaving the block (an interrupt above all) first stops the checks, so that
+        a thread pool left next waits moments for its workers, not for all their checks."""
+        try:
+            yield
+        except BaseException:
+            self.stop()
+            raise
+
+
+def _stop_supervisor(process: subprocess.Popen) -> None:
+    # SIGTERM, not SIGKILL: the supervisor must live to kill its descendants, which would otherwise
+    # be re-parented to init and run on.
+    with suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+
+
 @dataclass(frozen=True)
 class Confinement:
     """What every check of one run_mbxp call shares."""
@@ -70,14 +126,17 @@ class Confinement:
     tasks: int  # RLIMIT_NPROC, counted over all processes and threads of the user
     python: str = ""  # the interpreter for python answers ("" when none are checked)
     python_path: tuple[str, ...] = ()  # the harness's packages, added to sys.path when python is another
+    supervisors: Supervisors = field(default_factory=Supervisors, compare=False)
 
     @classmethod
-    def for_workers(cls, n_workers: int, python_answers: bool = True) -> Confinement:
+    def for_workers(cls, n_workers: int, python_answers: bool = True,
+                    supervisors: Supervisors | None = None) -> Confinement:
         """Raises RuntimeError when no interpreter for python answers can run confined."""
         user = _unprivileged_user() if os.geteuid() == 0 else None
         uid = user[0] if user else os.getuid()
         # The limit counts every task of the uid, so start from what it already runs.
-        confinement = cls(user, _count_tasks(uid) + TASKS_PER_WORKER * (n_workers + 1))
+        confinement = cls(user, _count_tasks(uid) + TASKS_PER_WORKER * (n_workers + 1),
+                          supervisors=supervisors or Supervisors())
         return confinement.with_python() if python_answers else confinement
 
     def with_python(self) -> Confinement:
@@ -88,7 +147,7 @@ class Confinement:
                 probe = run_confined((candidate, "-I", "-B", "-c", _VERSION_CHECK), folder, 30.0, self)
             if probe.returncode == 0:
                 own = candidate == sys.executable
-                return Confinement(self.user, self.tasks, candidate, () if own else _harness_site_packages())
+                return replace(self, python=candidate, python_path=() if own else _harness_site_packages())
             reason = probe.stderr.strip().splitlines()[-1:] or [f"exit status {probe.returncode}"]
             failures.append(f"{candidate}: {reason[0]}")
         who = f"uid {self.user[0]}" if self.user else "the harness user"
@@ -183,16 +242,22 @@ def run_confined(command: Sequence[str], folder: Path, timeout_s: float, confine
     # Output files outside the folder, so that the program cannot replace them.
     with tempfile.TemporaryFile() as stderr, (tempfile.TemporaryFile() if keep_stdout
                                               else nullcontext(subprocess.DEVNULL)) as stdout:
-        process = subprocess.Popen(supervisor, cwd=folder, env=env, stdin=subprocess.PIPE, stdout=stdout,
-                                   stderr=stderr, start_new_session=True)
-        with suppress(BrokenPipeError):  # a pipe holds far more than the few bytes given here
-            process.stdin.write(stdin)
-        process.stdin.close()
-        status = _wait_supervisor(process, timeout_s + SUPERVISOR_GRACE_S)
+        # Its own session: a Ctrl-C at the terminal reaches the harness, which stops the checks.
+        with confinement.supervisors.started(supervisor, cwd=folder, env=env, stdin=subprocess.PIPE, stdout=stdout,
+                                             stderr=stderr, start_new_session=True) as process:
+            with suppress(BrokenPipeError):  # a pipe holds far more than the few bytes given here
+                process.stdin.write(stdin)
+            process.stdin.close()
+            try:
+                status = _wait_supervisor(process, timeout_s + SUPERVISOR_GRACE_S)
+            except BaseException:  # an interrupt in this (main) thread: the command must not outlive the wait
+                _stop_supervisor(process)
+                process.wait()
+                raise
         stderr.seek(0)
         text = stderr.read(4 * MAX_RESULT_CHARS).decode("utf-8", errors="replace")[:MAX_RESULT_CHARS]
         tail = _tail(stdout, 4 * MAX_RESULT_CHARS) if keep_stdout else b""
-    # The supervisor ends by SIGKILL on timeout (and when killed below); otherwise with the command's status.
+    # The supervisor ends by SIGKILL on timeout or stop (and when killed below); otherwise with the command's status.
     return RunOutcome(None if status == -signal.SIGKILL else status, text, tail)
 
 
