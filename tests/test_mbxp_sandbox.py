@@ -48,11 +48,11 @@ def _processes_in(root: Path) -> list[psutil.Process]:
     return found
 
 
-def _check_contained(lang: str, response: str, test_code: str = "") -> str:
+def _check_contained(lang: str, response: str, test_code: str = "", **limits: int) -> str:
     root = Path(tempfile.gettempdir())
     start = time.monotonic()
     [verdict] = run_mbxp([MbxpTask("hostile", lang, "f", response, test_code)], n_workers=1, progress=False,
-                         run_timeout_s=RUN_TIMEOUT_S)
+                         run_timeout_s=RUN_TIMEOUT_S, **limits)
     elapsed = time.monotonic() - start
     assert not verdict.passed, verdict.result
     assert elapsed < TIME_ALLOWED_S
@@ -104,6 +104,46 @@ def test_huge_file_write_fails_at_the_size_limit(lang, response):
     result = _check_contained(lang, response, CPP_MAIN if lang == "cpp" else "")
     # Stopped at the file-size limit (64 MiB: milliseconds of writing), not by the run timeout.
     assert "timed out" not in result
+
+
+CHECK_MEMORY_BYTES = 4 << 30  # small enough: without a cgroup, 16 tasks of 256 MiB (enough for g++)
+CHILD_MEMORY_MIB = 64
+
+
+def _memory_holders(children: int) -> str:
+    """A cpp program whose `children` each fill CHILD_MEMORY_MIB of memory and keep it (stopped)
+    once they have left a marker file; it waits until each has left its marker or ended, says on
+    stderr how many hold their memory, and exits 0 only if all of them do."""
+    return ("#include <cstdio>\n#include <cstdlib>\n#include <cstring>\n#include <fcntl.h>\n"
+            "#include <sys/wait.h>\n#include <unistd.h>\n"
+            f"const int wanted = {children};\n"
+            "const char* marker(int i) { static char name[32]; snprintf(name, sizeof name, \"held-%d\", i); "
+            "return name; }\n"
+            "int held() { int n = 0; for (int i = 0; i < wanted; i++) n += access(marker(i), F_OK) == 0; "
+            "return n; }\n"
+            "int main() {\n  int forked = 0, ended = 0;\n"
+            "  for (int i = 0; i < wanted; i++, forked++) {\n"
+            "    pid_t pid = fork();\n    if (pid < 0) break;\n"
+            f"    if (pid == 0) {{\n      size_t size = (size_t) {CHILD_MEMORY_MIB} << 20;\n"
+            "      char* kept = (char*) malloc(size);\n      if (!kept) _exit(1);\n      memset(kept, 1, size);\n"
+            "      close(open(marker(i), O_CREAT | O_WRONLY, 0600));\n      for (;;) pause();\n    }\n  }\n"
+            "  while (held() + ended < forked) {\n"
+            "    if (waitpid(-1, nullptr, WNOHANG) > 0) ended++; else usleep(10000);\n  }\n"
+            "  fprintf(stderr, \"held %d\\n\", held());\n  return held() == wanted ? 0 : 1;\n}\n")
+
+
+def test_children_within_the_memory_bound_all_hold_their_memory():
+    [verdict] = run_mbxp([MbxpTask("within", "cpp", "f", _memory_holders(4), "")], n_workers=1, progress=False,
+                         check_memory_bytes=CHECK_MEMORY_BYTES)
+    assert verdict.passed, verdict.result
+
+
+def test_children_cannot_hold_more_than_the_checks_memory_bound_together():
+    children = (CHECK_MEMORY_BYTES >> 20) // CHILD_MEMORY_MIB + 16  # together well over the bound
+    result = _check_contained("cpp", _memory_holders(children), check_memory_bytes=CHECK_MEMORY_BYTES)
+    held = re.search(r"held (\d+)", result)
+    # Stopped by the process limit (no cgroup) or killed by the kernel (cgroup): then nothing is said.
+    assert held is None or int(held.group(1)) * CHILD_MEMORY_MIB << 20 <= CHECK_MEMORY_BYTES, result
 
 
 def _write_programs(target: Path) -> list[tuple[str, str, str]]:

@@ -3,11 +3,13 @@
 Run as a script (standard library only, so it starts fast and needs nothing from the harness):
     python -I -B confine.py SPEC_JSON COMMAND [ARG...]
 SPEC_JSON: {"cpu_s", "memory_bytes", "file_bytes", "tasks", "user": [uid, gid] or null, "writable_dir",
-"timeout_s"}.
+"timeout_s", "cgroup": {"parent", "memory_bytes"} or a false value}.
 
 This process (the supervisor) becomes a child subreaper, so every process the command starts, a
 detached or setsid one included, stays its descendant (orphans are re-parented to it, not to init).
-It forks the command's process, which confines itself before exec: resource limits, no_new_privs,
+With "cgroup", it makes a cgroup v2 group under "parent" whose processes may hold "memory_bytes" in
+all (no swap; on overrun the kernel kills them all), and removes it at the end.
+It forks the command's process, which confines itself before exec: the cgroup, resource limits, no_new_privs,
 Landlock (when the kernel offers it) so that only `writable_dir` (and /dev/null) can be written,
 TCP connect/bind is refused and signals cannot leave the sandbox, then, when started as root, the
 switch to the unprivileged `user`. When the command exits, after `timeout_s`, or when the supervisor
@@ -26,6 +28,7 @@ import os
 import resource
 import signal
 import sys
+import tempfile
 import time
 from contextlib import suppress
 
@@ -112,9 +115,12 @@ def _set_limits(spec: dict) -> None:
 _AWAITED = {signal.SIGCHLD, signal.SIGTERM}  # blocked in the supervisor, taken by sigtimedwait
 
 
-def _confine_and_exec(spec: dict, command: list[str]) -> None:
+def _confine_and_exec(spec: dict, command: list[str], group: str | None) -> None:
     """In the forked child: confine this process, then become the command."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _AWAITED)  # the mask survives exec
+    if group:
+        with open(os.path.join(group, "cgroup.procs"), "w") as procs:
+            procs.write("0")  # this process; its descendants are born in the group
     _set_limits(spec)
     # no_new_privs: setuid binaries (su, sudo) cannot undo the user switch below; Landlock also requires it.
     _check(_libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
@@ -180,21 +186,35 @@ def _end_descendants() -> None:
         time.sleep(0.001)  # for the killed to end
 
 
+def _make_group(cgroup: dict) -> str:
+    group = tempfile.mkdtemp(prefix="mbxp-", dir=cgroup["parent"])
+    for name, value in (("memory.max", cgroup["memory_bytes"]), ("memory.swap.max", 0), ("memory.oom.group", 1)):
+        path = os.path.join(group, name)
+        if name == "memory.max" or os.path.exists(path):  # swap accounting may be off
+            with open(path, "w") as control:
+                control.write(str(value))
+    return group
+
+
 def main(argv: list[str]) -> None:
     spec, command = json.loads(argv[1]), argv[2:]
     _check(_libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
-    # Until here SIGTERM ends this process by default, which is right: it has no child yet.
+    # Until here SIGTERM ends this process by default, which is right: it has made nothing yet.
     signal.pthread_sigmask(signal.SIG_BLOCK, _AWAITED)
+    group = _make_group(spec["cgroup"]) if spec.get("cgroup") else None
     pid = os.fork()
     if pid == 0:
         try:
-            _confine_and_exec(spec, command)
+            _confine_and_exec(spec, command, group)
         except BaseException as error:  # nothing of the supervisor's code may run in this child
             os.write(2, f"confine.py: cannot start {command[0]}: {error}\n".encode(errors="replace"))
         finally:
             os._exit(EXEC_FAILED)
     status = _wait(pid, spec["timeout_s"])
     _end_descendants()
+    if group:
+        with suppress(OSError):  # empty now: every process of it has been reaped
+            os.rmdir(group)
     if status is None:
         os.kill(os.getpid(), signal.SIGKILL)
     code = os.waitstatus_to_exitcode(status)

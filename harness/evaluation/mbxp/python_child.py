@@ -56,6 +56,7 @@ _BLOCKED_MODULES = ("ipdb", "joblib", "resource", "psutil", "tkinter")
 # fail (their import calls functions the guards disable). Loaded before the guards, and only for a
 # program that names them: pandas alone takes most of a second to import.
 _PRELOADED_MODULES = ("numpy", "pandas")
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # Audit events refused once the answer may run (see the module's docstring).
 _REFUSED_EVENTS = frozenset({
     "sys._current_frames", "sys._current_exceptions", "sys.addaudithook", "sys.monitoring.register_callback",
@@ -93,7 +94,6 @@ def _refuse(event: str, args: tuple) -> None:
 
 
 def _disable_dangerous_functions() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
     faulthandler.disable()
     for owner, names in _DISABLED.items():
         for name in names:
@@ -114,6 +114,8 @@ def main(argv: list[str]) -> None:
     with open(argv[1], encoding="utf-8") as source:
         program = source.read()
     sys.path.extend(argv[2:])
+    # Before numpy loads: its BLAS would start a thread per core, more than a check's task limit allows.
+    os.environ.update(dict.fromkeys(_THREAD_VARIABLES, "1"))
     for module in _PRELOADED_MODULES:
         if module in program:
             with contextlib.suppress(ImportError):  # not installed: the answer's import fails as it would anyway
