@@ -7,9 +7,12 @@ per-language MBXP table; writes results.json and accuracy.txt (results line + lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from dataset import load_dataset_frame
@@ -28,6 +31,7 @@ from harness.evaluation.report import (
 )
 from harness.evaluation.sentences import install_punkt_tab
 from harness.evaluation.targets import check_targets
+from harness.interrupts import HANDLED_SIGNALS, Interrupted, raising_interrupts
 from harness.output_dirs import OUTPUT_DIR_EXIT_STATUS, OutputDirError, ensure_writable_dir
 from harness.tokenizer import load_sentencepiece
 
@@ -117,6 +121,23 @@ def run(args: argparse.Namespace, skip: list[str]) -> dict[str, object]:
     }
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """A SIGINT or SIGTERM during the block raises Interrupted once it is done. (Handlers, not the
+    signal mask: a signal blocked in this thread would be taken by another, tqdm's monitor say, and
+    its handler still run here at once.)"""
+    received: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, _frame: received.append(signum))
+                for signum in HANDLED_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        raise Interrupted(received[0])
+
+
 def report(summary: dict[str, object], output_dir: Path) -> None:
     """Prints the results, then writes them: should the writing still fail, they have been shown."""
     print("\nResults\n")
@@ -126,9 +147,10 @@ def report(summary: dict[str, object], output_dir: Path) -> None:
     if summary["mbxp_languages"]:
         print()
         print(mbxp_table(summary["mbxp_languages"]))
-    write_json(output_dir / "results.json", summary)
-    (output_dir / "accuracy.txt").write_text(accuracy_txt(summary["results"], summary["accuracy_log_sha256"]),
-                                             encoding="utf-8")
+    with signals_deferred():  # both files whole, or neither
+        write_json(output_dir / "results.json", summary)
+        (output_dir / "accuracy.txt").write_text(accuracy_txt(summary["results"], summary["accuracy_log_sha256"]),
+                                                 encoding="utf-8")
     print(f"\nWrote {output_dir / 'results.json'} and {output_dir / 'accuracy.txt'}")
 
 
@@ -139,11 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        skip = validate_args(args)
-        # Before any loading or scoring: a run must not end with results it cannot write.
-        output_dir = ensure_writable_dir(args.output_dir or args.mlperf_accuracy_file.parent, "--output-dir")
-        summary = run(args, skip)
-        report(summary, output_dir)
+        # A signal ends the run where it is: the MBXP checks are stopped, their folders removed, and
+        # nothing is written.
+        with raising_interrupts():
+            skip = validate_args(args)
+            # Before any loading or scoring: a run must not end with results it cannot write.
+            output_dir = ensure_writable_dir(args.output_dir or args.mlperf_accuracy_file.parent, "--output-dir")
+            summary = run(args, skip)
+            report(summary, output_dir)
+    except Interrupted as exc:
+        print(f"evaluate-accuracy.py: error: interrupted by {exc}", file=sys.stderr)
+        return exc.exit_code
     except OutputDirError as exc:
         print(f"evaluate-accuracy.py: error: {exc}", file=sys.stderr)
         return OUTPUT_DIR_EXIT_STATUS

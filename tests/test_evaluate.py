@@ -7,18 +7,23 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 
 from harness.evaluation.accuracy_log import encode_entry_data
+from harness.evaluation.inputs import tokenizer_model_for
 from harness.evaluation.report import RESULT_KEYS
 from harness.postprocess import postprocess_output
+from harness.tokenizer import load_sentencepiece, reference_decode
 
 ROOT = Path(__file__).resolve().parents[1]
 EVALUATE = ROOT / "evaluate-accuracy.py"
@@ -227,3 +232,76 @@ def test_openorca_is_scored_against_gt_output_not_ref_output(frame):
     other_truth.loc[orca, "gt_output"] = "Completely unrelated words about sailing boats."
     assert score_openorca(frame, orca, answers, progress=False)[0]["rouge1"] == 100.0  # demo: gt == ref
     assert score_openorca(other_truth, orca, answers, progress=False)[0]["rouge1"] < 20
+
+
+# Answers that wait until they are killed (the run timeout is 20 s), idle so as to leave the CPU to others.
+WAITING_ANSWERS = {
+    "python": "import time\nwhile True:\n    time.sleep(0.01)\n",
+    "ruby": "sleep\n",
+    "javascript": "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);\n",
+    "typescript": "Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);\n",
+    "php": "<?php\nwhile (true) { sleep(1); }\n",
+    "cpp": "#include <stdexcept>\n#include <unistd.h>\nusing namespace std;\n"
+           "int waiting = [] { for (;;) pause(); return 0; }();\n",
+}
+START_WAIT_S = 600  # loading, the toolchain probes, the first check: catches a hang only
+INTERRUPT_WAIT_S = 100  # catches a hang only; ending at the checks' 20 s timeouts would take over 120 s
+
+
+def _processes_in(root: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and process.cwd().startswith(str(root)):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _answer_running(root: Path) -> bool:
+    # A command of a check (its supervisor, confine.py, runs in the folder too but is not one).
+    return any("confine.py" not in " ".join(process.cmdline()) for process in _processes_in(root))
+
+
+@pytest.fixture
+def check_root() -> Iterator[Path]:
+    """The evaluator's temporary folder (TMPDIR), so that its check folders are told apart from
+    those of checks that others run at the same time; reachable by the checks' unprivileged user."""
+    root = Path(tempfile.mkdtemp(prefix="mbxp-test-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_mbxp_scoring_stops_the_checks_and_writes_nothing(
+        frame: pd.DataFrame, demo_assets, env: dict[str, str], tmp_path: Path, check_root: Path,
+        signum: signal.Signals) -> None:
+    sp = load_sentencepiece(tokenizer_model_for(None))
+    outputs = {}
+    for i in frame.index[frame["dataset"] == "MBXP"]:
+        answer = WAITING_ANSWERS[str(frame.at[i, "id"]).split("_", 1)[0]]
+        outputs[i] = sp.encode(answer)
+        assert reference_decode(sp, outputs[i]) == answer
+    log = write_log(tmp_path / "log" / "mlperf_log_accuracy.json", outputs)
+    out = tmp_path / "out"
+    command = [sys.executable, str(EVALUATE), "--mlperf-accuracy-file", str(log), "--dataset-file",
+               str(demo_assets.dataset_path), "--no-progress", "--output-dir", str(out)]
+    evaluator = subprocess.Popen(command, cwd=ROOT, env={**env, "TMPDIR": str(check_root)}, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + START_WAIT_S
+        while not _answer_running(check_root) and evaluator.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _answer_running(check_root), "no MBXP check started"
+        evaluator.send_signal(signum)
+        stdout, stderr = evaluator.communicate(timeout=INTERRUPT_WAIT_S)
+    finally:
+        evaluator.kill()
+    assert evaluator.returncode == 128 + signum, stderr
+    assert stderr.splitlines() == [f"evaluate-accuracy.py: error: interrupted by {signum.name}"], stderr
+    assert "Results" not in stdout
+    assert _processes_in(check_root) == []
+    assert list(check_root.iterdir()) == []
+    assert list(out.iterdir()) == []  # proven writable before loading, then left empty

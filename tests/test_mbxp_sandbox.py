@@ -48,11 +48,11 @@ def _processes_in(root: Path) -> list[psutil.Process]:
     return found
 
 
-def _check_contained(lang: str, response: str, test_code: str = "") -> str:
+def _check_contained(lang: str, response: str, test_code: str = "", **limits: int) -> str:
     root = Path(tempfile.gettempdir())
     start = time.monotonic()
     [verdict] = run_mbxp([MbxpTask("hostile", lang, "f", response, test_code)], n_workers=1, progress=False,
-                         run_timeout_s=RUN_TIMEOUT_S)
+                         run_timeout_s=RUN_TIMEOUT_S, **limits)
     elapsed = time.monotonic() - start
     assert not verdict.passed, verdict.result
     assert elapsed < TIME_ALLOWED_S
@@ -104,6 +104,46 @@ def test_huge_file_write_fails_at_the_size_limit(lang, response):
     result = _check_contained(lang, response, CPP_MAIN if lang == "cpp" else "")
     # Stopped at the file-size limit (64 MiB: milliseconds of writing), not by the run timeout.
     assert "timed out" not in result
+
+
+CHECK_MEMORY_BYTES = 4 << 30  # small enough: without a cgroup, 16 tasks of 256 MiB (enough for g++)
+CHILD_MEMORY_MIB = 64
+
+
+def _memory_holders(children: int) -> str:
+    """A cpp program whose `children` each fill CHILD_MEMORY_MIB of memory and keep it (stopped)
+    once they have left a marker file; it waits until each has left its marker or ended, says on
+    stderr how many hold their memory, and exits 0 only if all of them do."""
+    return ("#include <cstdio>\n#include <cstdlib>\n#include <cstring>\n#include <fcntl.h>\n"
+            "#include <sys/wait.h>\n#include <unistd.h>\n"
+            f"const int wanted = {children};\n"
+            "const char* marker(int i) { static char name[32]; snprintf(name, sizeof name, \"held-%d\", i); "
+            "return name; }\n"
+            "int held() { int n = 0; for (int i = 0; i < wanted; i++) n += access(marker(i), F_OK) == 0; "
+            "return n; }\n"
+            "int main() {\n  int forked = 0, ended = 0;\n"
+            "  for (int i = 0; i < wanted; i++, forked++) {\n"
+            "    pid_t pid = fork();\n    if (pid < 0) break;\n"
+            f"    if (pid == 0) {{\n      size_t size = (size_t) {CHILD_MEMORY_MIB} << 20;\n"
+            "      char* kept = (char*) malloc(size);\n      if (!kept) _exit(1);\n      memset(kept, 1, size);\n"
+            "      close(open(marker(i), O_CREAT | O_WRONLY, 0600));\n      for (;;) pause();\n    }\n  }\n"
+            "  while (held() + ended < forked) {\n"
+            "    if (waitpid(-1, nullptr, WNOHANG) > 0) ended++; else usleep(10000);\n  }\n"
+            "  fprintf(stderr, \"held %d\\n\", held());\n  return held() == wanted ? 0 : 1;\n}\n")
+
+
+def test_children_within_the_memory_bound_all_hold_their_memory():
+    [verdict] = run_mbxp([MbxpTask("within", "cpp", "f", _memory_holders(4), "")], n_workers=1, progress=False,
+                         check_memory_bytes=CHECK_MEMORY_BYTES)
+    assert verdict.passed, verdict.result
+
+
+def test_children_cannot_hold_more_than_the_checks_memory_bound_together():
+    children = (CHECK_MEMORY_BYTES >> 20) // CHILD_MEMORY_MIB + 16  # together well over the bound
+    result = _check_contained("cpp", _memory_holders(children), check_memory_bytes=CHECK_MEMORY_BYTES)
+    held = re.search(r"held (\d+)", result)
+    # Stopped by the process limit (no cgroup) or killed by the kernel (cgroup): then nothing is said.
+    assert held is None or int(held.group(1)) * CHILD_MEMORY_MIB << 20 <= CHECK_MEMORY_BYTES, result
 
 
 def _write_programs(target: Path) -> list[tuple[str, str, str]]:
@@ -244,11 +284,10 @@ FORGERIES = {  # each tries to make a failing answer pass; afterwards the test i
     "the secret from stdin": "import os, importlib.util\n"
                              "posix = importlib.util.module_from_spec(importlib.util.find_spec('posix'))\n"
                              "posix.write(1, os.read(0, 256))\nposix._exit(0)\n",
-    "the wrapper's own frames": "import sys, os\nmain = sys._getframe().f_back.f_back.f_locals\n"
-                                "os.write(main['tell_fd'], b'!')\nimport time\ntime.sleep(0.5)\n"
+    "the wrapper's own frames": "import sys\nmain = sys._getframe().f_back.f_locals\n"
                                 "main['write'](1, b'passed')\nmain['exit_now'](0)\n",
     "its memory": "open('/proc/self/mem', 'rb')\n",
-    "the keeper thread's frame": "import sys\nsys._current_frames()\n",
+    "other threads' frames": "import sys\nsys._current_frames()\n",
     "the garbage collector": "import gc\ngc.get_objects()\n",
     "ctypes": "import ctypes\nctypes.CDLL(None).exit(0)\n",
     "a signal during the failure report": "import signal, sys\n"
@@ -260,6 +299,54 @@ FORGERIES = {  # each tries to make a failing answer pass; afterwards the test i
 @pytest.mark.parametrize("attempt", list(FORGERIES))
 def test_a_python_answer_cannot_forge_a_pass(attempt):
     [verdict] = run_mbxp([MbxpTask("forge", "python", "f", FORGERIES[attempt], FAILING_TEST)], n_workers=1,
+                         progress=False, run_timeout_s=RUN_TIMEOUT_S)
+    assert not verdict.passed and verdict.result != "passed", verdict.result
+
+
+# The checker's secret is 32 bytes (languages.check_python). This reads every local of every frame
+# it can reach (its callers', and those of the traceback it is handed) and, on finding 32 bytes,
+# writes them as the verdict and ends the process with status 0. `_provoke` makes the pipe that the
+# checker's former keeper thread waited on fail under it (as an adversarial review did), so that the
+# thread's exception, whose traceback held the secret, reached the answer's hooks.
+HARVEST = (
+    "import os, sys, threading, time\n"
+    "def _harvest(tb=None, frame=None):\n"
+    "    frames, frame = [], frame or sys._getframe()\n"
+    "    while frame:\n        frames.append(frame)\n        frame = frame.f_back\n"
+    "    while tb:\n        frames.append(tb.tb_frame)\n        tb = tb.tb_next\n"
+    "    for frame in frames:\n"
+    "        for value in list(frame.f_locals.values()):\n"
+    "            if isinstance(value, bytes) and len(value) == 32:\n"
+    "                os.write(1, value)\n                os._exit(0)\n"
+    "def _provoke():\n"
+    "    frame = sys._getframe()\n"
+    "    while frame:\n"
+    "        names = frame.f_locals\n"
+    "        if 'told_fd' in names and 'tell_fd' in names:\n"
+    "            os.write(names['tell_fd'], b'!')\n            os.close(names['told_fd'])\n"
+    "        frame = frame.f_back\n"
+)
+HOOKS = {  # each installs its hook, provokes, and leaves the hook time to run before the test fails
+    "sys.unraisablehook": "sys.unraisablehook = lambda args: _harvest(args.exc_traceback)\n",
+    "threading.excepthook": "threading.excepthook = lambda args: _harvest(args.exc_traceback)\n"
+                            "threading.Thread(target=lambda: 1 / 0).start()\n",
+    "sys.excepthook": "sys.excepthook = lambda kind, error, tb: _harvest(tb)\n",
+    "atexit": "import atexit\natexit.register(_harvest)\n",
+    "__del__": "class _Cycle:\n    def __del__(self):\n        _harvest()\n"
+               "for _ in range(10000):\n    _cycle = _Cycle()\n    _cycle.me = _cycle\n",
+    "a trace function on the checker's frame": "def _trace(frame, event, arg):\n    _harvest(frame=frame)\n"
+                                               "    return _trace\n"
+                                               "sys._getframe(1).f_trace = _trace\n"
+                                               "sys._getframe(1).f_trace_opcodes = True\n"
+                                               "sys.settrace(_trace)\n",
+    "a profile function": "sys.setprofile(lambda frame, event, arg: _harvest(frame=frame))\n",
+}
+
+
+@pytest.mark.parametrize("hook", list(HOOKS))
+def test_a_python_answer_cannot_reach_the_secret_through_hooks(hook):
+    response = HARVEST + HOOKS[hook] + "_provoke()\ntime.sleep(1)\n"
+    [verdict] = run_mbxp([MbxpTask("hook", "python", "_harvest", response, FAILING_TEST)], n_workers=1,
                          progress=False, run_timeout_s=RUN_TIMEOUT_S)
     assert not verdict.passed and verdict.result != "passed", verdict.result
 

@@ -3,17 +3,20 @@
 Run as a script (standard library only, so it starts fast and needs nothing from the harness):
     python -I -B confine.py SPEC_JSON COMMAND [ARG...]
 SPEC_JSON: {"cpu_s", "memory_bytes", "file_bytes", "tasks", "user": [uid, gid] or null, "writable_dir",
-"timeout_s"}.
+"timeout_s", "cgroup": {"parent", "memory_bytes"} or a false value}.
 
 This process (the supervisor) becomes a child subreaper, so every process the command starts, a
 detached or setsid one included, stays its descendant (orphans are re-parented to it, not to init).
-It forks the command's process, which confines itself before exec: resource limits, no_new_privs,
+With "cgroup", it makes a cgroup v2 group under "parent" whose processes may hold "memory_bytes" in
+all (no swap; on overrun the kernel kills them all), and removes it at the end.
+It forks the command's process, which confines itself before exec: the cgroup, resource limits, no_new_privs,
 Landlock (when the kernel offers it) so that only `writable_dir` (and /dev/null) can be written,
 TCP connect/bind is refused and signals cannot leave the sandbox, then, when started as root, the
-switch to the unprivileged `user`. When the command exits, or after `timeout_s`, the supervisor
-SIGKILLs and reaps every descendant left, until it has no child at all, then ends:
+switch to the unprivileged `user`. When the command exits, after `timeout_s`, or when the supervisor
+receives SIGTERM (the harness stopping its checks), it SIGKILLs and reaps every descendant left,
+until it has no child at all, then ends:
 - with the command's exit status (128 + N when signal N killed it);
-- on timeout, by SIGKILL from itself, which no exit status of the command can look like.
+- on timeout or SIGTERM, by SIGKILL from itself, which no exit status of the command can look like.
 The supervisor never runs untrusted code, and as root it cannot be signalled by the checks.
 """
 
@@ -25,6 +28,7 @@ import os
 import resource
 import signal
 import sys
+import tempfile
 import time
 from contextlib import suppress
 
@@ -108,9 +112,15 @@ def _set_limits(spec: dict) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def _confine_and_exec(spec: dict, command: list[str]) -> None:
+_AWAITED = {signal.SIGCHLD, signal.SIGTERM}  # blocked in the supervisor, taken by sigtimedwait
+
+
+def _confine_and_exec(spec: dict, command: list[str], group: str | None) -> None:
     """In the forked child: confine this process, then become the command."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})  # the mask survives exec
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _AWAITED)  # the mask survives exec
+    if group:
+        with open(os.path.join(group, "cgroup.procs"), "w") as procs:
+            procs.write("0")  # this process; its descendants are born in the group
     _set_limits(spec)
     # no_new_privs: setuid binaries (su, sudo) cannot undo the user switch below; Landlock also requires it.
     _check(_libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
@@ -126,8 +136,9 @@ def _confine_and_exec(spec: dict, command: list[str]) -> None:
 
 
 def _wait(pid: int, timeout_s: float) -> int | None:
-    """The wait status of child `pid`, None when it ran past timeout_s (SIGCHLD is blocked, so that
-    sigtimedwait wakes at any child's exit; those of re-parented orphans only cause another look)."""
+    """The wait status of child `pid`, None when it ran past timeout_s or SIGTERM came first (both are
+    blocked, so that sigtimedwait wakes at any child's exit, those of re-parented orphans only
+    causing another look, and at SIGTERM)."""
     deadline = time.monotonic() + timeout_s
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
@@ -136,7 +147,9 @@ def _wait(pid: int, timeout_s: float) -> int | None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return None
-        signal.sigtimedwait({signal.SIGCHLD}, remaining)
+        received = signal.sigtimedwait(_AWAITED, remaining)
+        if received is not None and received.si_signo == signal.SIGTERM:
+            return None
 
 
 def _descendants() -> list[int]:
@@ -173,20 +186,35 @@ def _end_descendants() -> None:
         time.sleep(0.001)  # for the killed to end
 
 
+def _make_group(cgroup: dict) -> str:
+    group = tempfile.mkdtemp(prefix="mbxp-", dir=cgroup["parent"])
+    for name, value in (("memory.max", cgroup["memory_bytes"]), ("memory.swap.max", 0), ("memory.oom.group", 1)):
+        path = os.path.join(group, name)
+        if name == "memory.max" or os.path.exists(path):  # swap accounting may be off
+            with open(path, "w") as control:
+                control.write(str(value))
+    return group
+
+
 def main(argv: list[str]) -> None:
     spec, command = json.loads(argv[1]), argv[2:]
     _check(_libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0))
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    # Until here SIGTERM ends this process by default, which is right: it has made nothing yet.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _AWAITED)
+    group = _make_group(spec["cgroup"]) if spec.get("cgroup") else None
     pid = os.fork()
     if pid == 0:
         try:
-            _confine_and_exec(spec, command)
+            _confine_and_exec(spec, command, group)
         except BaseException as error:  # nothing of the supervisor's code may run in this child
             os.write(2, f"confine.py: cannot start {command[0]}: {error}\n".encode(errors="replace"))
         finally:
             os._exit(EXEC_FAILED)
     status = _wait(pid, spec["timeout_s"])
     _end_descendants()
+    if group:
+        with suppress(OSError):  # empty now: every process of it has been reaped
+            os.rmdir(group)
     if status is None:
         os.kill(os.getpid(), signal.SIGKILL)
     code = os.waitstatus_to_exitcode(status)

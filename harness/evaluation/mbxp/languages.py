@@ -73,15 +73,15 @@ def check_compiled_language(task: MbxpTask, tools: Toolchains, confinement: Conf
                             run_timeout_s: float) -> tuple[bool, str]:
     steps = _steps(task.lang, tools)
     node_path = str(tools.node_modules)
-    with check_folder(confinement) as folder:
+    with check_folder(confinement) as (folder, check):
         (folder / steps.source).write_text(assemble_program(task), encoding="utf-8")
         if steps.compile:
-            compiled = run_confined(steps.compile, folder, COMPILE_TIMEOUT_S, confinement, node_path=node_path)
+            compiled = run_confined(steps.compile, folder, COMPILE_TIMEOUT_S, check, node_path=node_path)
             if compiled.returncode is None:
                 return False, _timed_out_message(steps.compile, COMPILE_TIMEOUT_S)
             if not steps.compiled(compiled.returncode):
                 return False, compiled.stderr
-        ran = run_confined(steps.run, folder, run_timeout_s, confinement, node_path=node_path)
+        ran = run_confined(steps.run, folder, run_timeout_s, check, node_path=node_path)
     if ran.returncode is None:
         return False, _timed_out_message(steps.run, run_timeout_s)
     return ran.returncode == 0, ran.stderr
@@ -102,10 +102,10 @@ def _python_verdict(ran: RunOutcome, secret: bytes) -> tuple[bool, str]:
 
 def check_python(task: MbxpTask, confinement: Confinement, run_timeout_s: float) -> tuple[bool, str]:
     secret = secrets.token_hex(16).encode()
-    with check_folder(confinement) as folder:
+    with check_folder(confinement) as (folder, check):
         # A copy inside the folder, so the unprivileged user can read it wherever the repository lives.
         child = shutil.copy(Path(python_child.__file__), folder / "python_child.py")
         (folder / "program.py").write_text(assemble_program(task), encoding="utf-8")
-        command = (confinement.python, "-I", "-B", str(child), "program.py", *confinement.python_path)
-        ran = run_confined(command, folder, run_timeout_s, confinement, stdin=secret, keep_stdout=True)
+        command = (check.python, "-I", "-B", str(child), "program.py", *check.python_path)
+        ran = run_confined(command, folder, run_timeout_s, check, stdin=secret, keep_stdout=True)
     return _python_verdict(ran, secret)

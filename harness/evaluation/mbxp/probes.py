@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from harness.evaluation.mbxp.programs import MbxpTask
 from harness.evaluation.mbxp.runner import run_mbxp
+from harness.evaluation.mbxp.sandbox import Supervisors
 from harness.evaluation.mbxp.toolchains import missing_toolchains
 
 # (response, test code) shaped like the dataset's, each passing on a working toolchain.
@@ -26,9 +27,10 @@ PROBES: dict[str, tuple[str, str]] = {
 }
 
 
-def _probe(lang: str) -> str | None:
+def _probe(lang: str, supervisors: Supervisors) -> str | None:
     try:
-        [verdict] = run_mbxp([MbxpTask(lang, lang, "one", *PROBES[lang])], n_workers=1, progress=False)
+        [verdict] = run_mbxp([MbxpTask(lang, lang, "one", *PROBES[lang])], n_workers=1, progress=False,
+                             supervisors=supervisors)
     except RuntimeError as error:  # the sandbox cannot start, or no interpreter can run python answers
         return str(error)
     output = " ".join(verdict.result.split()) or "no output"
@@ -41,8 +43,9 @@ def broken_toolchains(languages: Iterable[str]) -> dict[str, str]:
     wanted = sorted(set(languages))
     broken = {lang: "; ".join(problems) for lang in wanted if (problems := missing_toolchains([lang]))}
     present = [lang for lang in wanted if lang not in broken]
-    with ThreadPoolExecutor(max_workers=max(1, len(present))) as pool:
-        for lang, problem in zip(present, pool.map(_probe, present), strict=True):
+    supervisors = Supervisors()  # one for all probes: an interrupt here ends them all
+    with ThreadPoolExecutor(max_workers=max(1, len(present))) as pool, supervisors.stopped_on_error():
+        for lang, problem in zip(present, pool.map(_probe, present, [supervisors] * len(present)), strict=True):
             if problem:
                 broken[lang] = problem
     return dict(sorted(broken.items()))

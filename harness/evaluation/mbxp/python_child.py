@@ -14,23 +14,23 @@ things are replaced by None (so `exit(0)` fails with "'NoneType' object is not c
 `sys.exit(0)` raises SystemExit and gives "failed: 0"). The answer passes when exec returns.
 
 Why a pass cannot be forged: the answer runs in this process and can do whatever this code can
-(write any file descriptor, re-create the posix module and call _exit(0), read its caller's frames),
-so the verdict rests on something it cannot reach. A keeper thread, started before the answer, takes
-the secret off stdin and waits; after exec returns, the main thread tells it so and the keeper
-checks for itself that the generator running exec has reached its `yield`, a state only a normal
-return of exec leads to, before it writes the secret and ends the process. The answer cannot reach
-the keeper's frame (which alone holds the secret) through frames, signal handlers (they run in the
-main thread) or tracing; an audit hook (which Python code cannot remove) refuses the ways around
-that: other threads' frames, the garbage collector's object lists, ctypes and crafted code objects,
-and starting or replacing processes through os and subprocess; and the process is not dumpable, so
-that neither /proc/self/mem nor a process it still manages to start (_posixsubprocess raises no
-audit event) can read the secret. Left open: whatever breaks CPython's memory safety from Python
-code (e.g. malformed bytecode loaded with marshal).
+(write any file descriptor, re-create the posix module and call _exit(0), read the locals of every
+frame it reaches: its callers', and through hooks and finalizers those of any thread it can make
+fail), so the verdict rests on a secret it cannot reach. The secret is read off stdin just before
+exec, and lives only on the evaluation stack of the one statement that runs exec and then writes
+it: no variable, attribute or other thread ever holds it, and Python code can read a frame's
+locals but not its evaluation stack; there is no thread of the checker's whose failure would run
+the answer's hooks. If exec raises, unwinding the stack drops the secret. An audit
+hook (which Python code cannot remove) refuses the ways to raw memory and object lists: ctypes, the
+garbage collector's object lists, other threads' frames, crafted code objects, and starting or
+replacing processes through os and subprocess; and the process is not dumpable, so that neither
+/proc/self/mem nor a process it still manages to start (_posixsubprocess raises no audit event) can
+read it. Left open: whatever breaks CPython's memory safety from Python code (e.g. malformed
+bytecode loaded with marshal).
 """
 
 from __future__ import annotations
 
-import _thread
 import builtins
 import contextlib
 import ctypes
@@ -41,7 +41,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Generator
 
 _DISABLED = {
     builtins: ("exit", "quit", "help"),
@@ -57,6 +56,7 @@ _BLOCKED_MODULES = ("ipdb", "joblib", "resource", "psutil", "tkinter")
 # fail (their import calls functions the guards disable). Loaded before the guards, and only for a
 # program that names them: pandas alone takes most of a second to import.
 _PRELOADED_MODULES = ("numpy", "pandas")
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # Audit events refused once the answer may run (see the module's docstring).
 _REFUSED_EVENTS = frozenset({
     "sys._current_frames", "sys._current_exceptions", "sys.addaudithook", "sys.monitoring.register_callback",
@@ -94,7 +94,6 @@ def _refuse(event: str, args: tuple) -> None:
 
 
 def _disable_dangerous_functions() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
     faulthandler.disable()
     for owner, names in _DISABLED.items():
         for name in names:
@@ -102,25 +101,6 @@ def _disable_dangerous_functions() -> None:
                 setattr(owner, name, None)
     for module in _BLOCKED_MODULES:
         sys.modules[module] = None  # type: ignore[assignment]  # makes `import module` fail
-
-
-def _run(program: str) -> Generator[None, None, None]:
-    """Suspends at its yield only when exec returned normally."""
-    exec(program, {})
-    yield
-
-
-def _keep_verdict(run: Generator[None, None, None], told_fd: int, ready: _thread.LockType) -> None:
-    """The keeper thread. Its locals only, no global or attribute of a module after the start (the
-    answer can replace those), and no allocation of objects the garbage collector tracks (a
-    collection could run an answer's finalizer in this thread)."""
-    read, write, exit_now = os.read, os.write, os._exit
-    secret = read(0, _SECRET_MAX_BYTES)
-    ready.release()
-    while read(told_fd, 1):  # anyone can write to the pipe: the generator's state is what counts
-        if run.gi_suspended:
-            write(1, secret)
-            exit_now(0)
 
 
 def _failure(error: BaseException) -> str:
@@ -134,28 +114,26 @@ def main(argv: list[str]) -> None:
     with open(argv[1], encoding="utf-8") as source:
         program = source.read()
     sys.path.extend(argv[2:])
+    # Before numpy loads: its BLAS would start a thread per core, more than a check's task limit allows.
+    os.environ.update(dict.fromkeys(_THREAD_VARIABLES, "1"))
     for module in _PRELOADED_MODULES:
         if module in program:
             with contextlib.suppress(ImportError):  # not installed: the answer's import fails as it would anyway
                 importlib.import_module(module)
     _check(ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0))
-    run = _run(program)
-    told_fd, tell_fd = os.pipe()
-    ready = _thread.allocate_lock()
-    ready.acquire()
-    _thread.start_new_thread(_keep_verdict, (run, told_fd, ready))
-    ready.acquire()  # the keeper has taken the secret off stdin: the answer cannot read it there
     sys.addaudithook(_refuse)
     _disable_dangerous_functions()
     sys.stdout, sys.stderr, sys.stdin = _DiscardOutput(), _DiscardOutput(), _NoInput()
-    write, exit_now = os.write, os._exit
+    # Bound before the answer runs: it can replace the os module's functions and the builtins.
+    read, write, exit_now, run = os.read, os.write, os._exit, exec
     try:
-        next(run)
+        # The secret is read off stdin before exec, so the answer finds stdin empty, and is written
+        # only once exec returned; meanwhile it exists only on this statement's evaluation stack.
+        write(1, (read(0, _SECRET_MAX_BYTES), run(program, {}))[0])
     except BaseException as error:  # SystemExit and KeyboardInterrupt too: the reference reports them
         write(1, _failure(error).encode("utf-8", errors="replace"))
         exit_now(1)
-    write(tell_fd, b"!")
-    ready.acquire()  # held by this thread: waits for good, the keeper ends the process
+    exit_now(0)
 
 
 if __name__ == "__main__":
