@@ -9,7 +9,7 @@
 # base (BASE_IMAGE), since the CUDA base would be several GB that a CPU cannot exercise.
 # Needs root, the repository's .venv (tools/setup.sh) and the demo assets (MIXTRAL_DEMO_DIR or
 # demo_assets/). Keeps only build/images/ (the stand-in rootfs tarball and the logs); removes
-# every image and container it made. On failure the last line names the step; exit status 1.
+# every image, container and store it made. On failure the last line names the step; exit 1.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -29,8 +29,7 @@ step=""
 step_log=""
 tool=""
 store=""       # podman/buildah: a private storage root, removed at the end
-imported=()    # images this run imported or built, removed at the end (docker, podman)
-containers=()  # buildah working containers, removed at the end
+imported=()    # images this run imported or built, removed at the end (docker)
 timings=()
 
 say() { echo "check_images: $*"; }
@@ -48,20 +47,22 @@ done_step() {
 }
 
 cleanup() {
-  local status=$?
+  local status=$? started=$SECONDS
   set +e
-  case "$tool" in
-    buildah)
-      for c in "${containers[@]}"; do buildah "${storage[@]}" rm "$c" >/dev/null 2>&1; done ;;
-    docker | podman)
-      for image in "${imported[@]}"; do "$tool" "${storage[@]}" rmi -f "$image" >/dev/null 2>&1; done ;;
-  esac
-  if [[ -n "$store" ]]; then
-    # A vfs store holds each layer as a full copy, several GB after the main image.
+  if [[ $tool == docker ]]; then
+    for image in "${imported[@]}"; do docker rmi -f "$image" >/dev/null 2>&1; done
+  fi
+  if [[ -n "$store" && -d "$store" ]]; then
+    # Containers first, so that no overlay mount is left under the store when it is deleted.
+    if [[ $tool == podman ]]; then podman "${storage[@]}" rm --all --force >/dev/null 2>&1; fi
+    if command -v buildah >/dev/null; then buildah "${storage[@]}" rm --all >/dev/null 2>&1; fi
+    findmnt -rn -o TARGET | grep "^$store/" | sort -r | while read -r target; do umount -l "$target"; done
     rm -rf "$store"
   fi
   rm -rf "${work:-}" "$cache/rootfs.tmp"
-  if [[ $status -ne 0 ]]; then
+  if [[ $status -eq 0 ]]; then
+    say "cleaned up in $((SECONDS - started)) s; $SECONDS s in all"
+  else
     if [[ -s "$step_log" ]]; then
       echo "--- last lines of $step_log:" >&2
       tail -n 30 "$step_log" >&2
@@ -106,6 +107,7 @@ done_step
 
 begin "choose a builder"
 storage=()
+driver=""
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   tool=docker
 else
@@ -116,10 +118,15 @@ else
   tool=buildah
   command -v podman >/dev/null && podman info >/dev/null 2>&1 && tool=podman
   # A private store: nothing of another user's images is touched, and removal is one rm.
+  # overlay where the kernel and filesystem allow it; vfs, which copies every layer whole, elsewhere.
   store="$work/storage"
-  storage=(--root "$store/root" --runroot "$store/run" --storage-driver vfs)
+  driver=vfs
+  "$tool" --root "$store/root" --runroot "$store/run" --storage-driver overlay info >/dev/null 2>&1 && driver=overlay
+  # A store is made for one driver.
+  [[ $driver == overlay ]] || rm -rf "$store"
+  storage=(--root "$store/root" --runroot "$store/run" --storage-driver "$driver")
 fi
-say "builder: $tool"
+say "builder: $tool${driver:+, storage driver $driver}"
 done_step
 
 make_standin_rootfs() {  # writes $standin_tar: Debian 12 minbase, Python 3.11 as python/pip, this host's CAs
@@ -176,11 +183,10 @@ import_standin() {  # import_standin NAME: the cached rootfs as image NAME
       imported+=("$name") ;;
     buildah)
       ctr="$(buildah "${storage[@]}" from scratch)"
-      containers+=("$ctr")
       logged buildah "${storage[@]}" add "$ctr" "$standin_tar" /
       for e in "${standin_env[@]}"; do changes+=(--env "$e"); done
       logged buildah "${storage[@]}" config "${changes[@]}" --cmd python3 "$ctr"
-      logged buildah "${storage[@]}" commit "$ctr" "$name" ;;
+      logged buildah "${storage[@]}" commit --rm "$ctr" "$name" ;;
   esac
 }
 
@@ -204,7 +210,7 @@ if [[ $tool != docker && $pulled -eq 0 ]]; then pull_policy=(--pull=never); fi
 done_step
 
 run_in() {  # run_in IMAGE [-v MOUNT]... -- CMD...: CMD in a fresh container of IMAGE
-  local image="$1" mounts=() ctr
+  local image="$1" mounts=() ctr status=0
   shift
   while [[ "$1" != -- ]]; do mounts+=("$1" "$2"); shift 2; done
   shift
@@ -212,8 +218,9 @@ run_in() {  # run_in IMAGE [-v MOUNT]... -- CMD...: CMD in a fresh container of 
     docker | podman) "$tool" "${storage[@]}" run --rm --network none "${mounts[@]}" "$image" "$@" ;;
     buildah)
       ctr="$(buildah "${storage[@]}" from --pull=never "$image")"
-      containers+=("$ctr")
-      buildah "${storage[@]}" run --isolation chroot "${mounts[@]}" "$ctr" -- "$@" ;;
+      buildah "${storage[@]}" run --isolation chroot "${mounts[@]}" "$ctr" -- "$@" || status=$?
+      buildah "${storage[@]}" rm "$ctr" >/dev/null
+      return $status ;;
   esac
 }
 
