@@ -261,7 +261,13 @@ def _processes_in(root: Path) -> list[psutil.Process]:
 
 def _answer_running(root: Path) -> bool:
     # A command of a check (its supervisor, confine.py, runs in the folder too but is not one).
-    return any("confine.py" not in " ".join(process.cmdline()) for process in _processes_in(root))
+    for process in _processes_in(root):
+        try:
+            if "confine.py" not in " ".join(process.cmdline()):
+                return True
+        except psutil.NoSuchProcess:  # ended since it was listed (a zombie included)
+            continue
+    return False
 
 
 @pytest.fixture
