@@ -24,6 +24,7 @@ from harness.evaluation.inputs import tokenizer_model_for
 from harness.evaluation.report import RESULT_KEYS
 from harness.postprocess import postprocess_output
 from harness.tokenizer import load_sentencepiece, reference_decode
+from tests.processes import processes_in
 
 ROOT = Path(__file__).resolve().parents[1]
 EVALUATE = ROOT / "evaluate-accuracy.py"
@@ -248,20 +249,9 @@ START_WAIT_S = 600  # loading, the toolchain probes, the first check: catches a 
 INTERRUPT_WAIT_S = 100  # catches a hang only; ending at the checks' 20 s timeouts would take over 120 s
 
 
-def _processes_in(root: Path) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.status() != psutil.STATUS_ZOMBIE and process.cwd().startswith(str(root)):
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
 def _answer_running(root: Path) -> bool:
     # A command of a check (its supervisor, confine.py, runs in the folder too but is not one).
-    for process in _processes_in(root):
+    for process in processes_in(root):
         try:
             if "confine.py" not in " ".join(process.cmdline()):
                 return True
@@ -308,6 +298,6 @@ def test_a_signal_during_mbxp_scoring_stops_the_checks_and_writes_nothing(
     assert evaluator.returncode == 128 + signum, stderr
     assert stderr.splitlines() == [f"evaluate-accuracy.py: error: interrupted by {signum.name}"], stderr
     assert "Results" not in stdout
-    assert _processes_in(check_root) == []
+    assert processes_in(check_root) == []
     assert list(check_root.iterdir()) == []
     assert list(out.iterdir()) == []  # proven writable before loading, then left empty

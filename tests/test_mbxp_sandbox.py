@@ -16,6 +16,7 @@ import pytest
 from harness.evaluation.mbxp import MbxpTask, broken_toolchains, missing_toolchains, run_mbxp
 from harness.evaluation.mbxp.confine import landlock_abi
 from harness.evaluation.mbxp.sandbox import MAX_RESULT_CHARS
+from tests.processes import processes_in
 
 RUN_TIMEOUT_S = 3.0
 TIME_ALLOWED_S = 20.0  # timeout + compile (g++ takes a few seconds on a busy machine) + cleanup
@@ -37,17 +38,6 @@ def check_root(monkeypatch, tmp_path_factory):
     shutil.rmtree(root)
 
 
-def _processes_in(root: Path) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.status() != psutil.STATUS_ZOMBIE and process.cwd().startswith(str(root)):
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
-
-
 def _check_contained(lang: str, response: str, test_code: str = "", **limits: int) -> str:
     root = Path(tempfile.gettempdir())
     start = time.monotonic()
@@ -57,7 +47,7 @@ def _check_contained(lang: str, response: str, test_code: str = "", **limits: in
     assert not verdict.passed, verdict.result
     assert elapsed < TIME_ALLOWED_S
     assert psutil.Process().children(recursive=True) == []
-    assert _processes_in(root) == []
+    assert processes_in(root) == []
     assert list(root.glob("mbxp-*")) == []
     return verdict.result
 
@@ -247,7 +237,7 @@ def test_nothing_the_answer_starts_outlives_its_check(lang, response, test_code)
         for member in [*process.children(recursive=True), process]:
             member.kill()
     assert survivors == [], verdict
-    assert _processes_in(root) == []
+    assert processes_in(root) == []
     if lang == "python":  # python answers may start no process at all
         assert "os.fork is not allowed" in verdict.result
     else:
