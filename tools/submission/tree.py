@@ -95,8 +95,8 @@ def detail_of(folder: Path) -> dict[str, Any]:
     return read_detail_log(folder / "mlperf_log_detail.txt")
 
 
-def check_seeds(folder: Path) -> None:
-    seeds = {key: detail_of(folder).get(f"effective_{key}") for key in V6_0_SEEDS}
+def check_seeds(folder: Path, detail: dict[str, Any]) -> None:
+    seeds = {key: detail.get(f"effective_{key}") for key in V6_0_SEEDS}
     if seeds != V6_0_SEEDS:
         raise TreeError(f"{folder / 'mlperf_log_detail.txt'}: rng seeds are not the v6.0 round's "
                         f"(qsl_rng_seed {seeds['qsl_rng_seed']}); rerun with mlcommons-loadgen==6.0.15")
@@ -144,25 +144,26 @@ def read_scenario_runs(folder: Path) -> ScenarioRuns:
         except ProvenanceError as exc:
             raise TreeError(str(exc)) from None
     performance, accuracy = folder / "performance", folder / "accuracy"
-    scenario = detail_of(performance).get("effective_scenario")
+    details = {step: detail_of(folder / step) for step in facts}
+    scenario = details["performance"].get("effective_scenario")
     if scenario not in ("Offline", "Server"):
         raise TreeError(f"{performance / 'mlperf_log_detail.txt'}: no Offline or Server scenario logged")
-    if detail_of(performance).get("effective_test_mode") != "PerformanceOnly":
+    if details["performance"].get("effective_test_mode") != "PerformanceOnly":
         raise TreeError(f"{performance / 'mlperf_log_detail.txt'}: not a performance run")
-    if detail_of(accuracy).get("effective_test_mode") != "AccuracyOnly":
+    if details["accuracy"].get("effective_test_mode") != "AccuracyOnly":
         raise TreeError(f"{accuracy / 'mlperf_log_detail.txt'}: not an accuracy run")
     for step in facts:
-        logged = detail_of(folder / step).get("effective_scenario")
+        logged = details[step].get("effective_scenario")
         if logged != scenario:
             raise TreeError(f"{folder / step / 'mlperf_log_detail.txt'}: a {logged} run beside {scenario} runs")
-    check_seeds(performance)
+    check_seeds(performance, details["performance"])
     check_accuracy(accuracy, facts["accuracy"])
     check_test06(folder)
     commands = state.get("done", {}) if isinstance(state, dict) else {}
     if not isinstance(commands, dict) or len(commands) < 5:
         raise TreeError(f"{folder / STATE_FILE}: not every step has finished (run python -m tools.submission run "
                         "again with the same flags)")
-    return ScenarioRuns(folder, scenario, facts, commands, detail_of(performance).get("result_validity") == "VALID")
+    return ScenarioRuns(folder, scenario, facts, commands, details["performance"].get("result_validity") == "VALID")
 
 
 def check_same_origin(runs: Sequence[ScenarioRuns]) -> None:
