@@ -10,6 +10,7 @@ long to end (loadgen's Server schedule keeps issuing queries until it is over).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import signal
 import threading
@@ -63,13 +64,18 @@ def run_interruptible(target: Callable[[], None], on_signal: Callable[[int], Non
                       on_second_signal: Callable[[int], None]) -> int | None:
     """Run `target` on its own thread until it returns; the first signal meanwhile calls
     on_signal(signum), any later one on_second_signal(signum). Returns the first signal's number,
-    or None. An exception of target is raised here."""
+    or None. An exception of target is raised here.
+
+    The handler only records the signal; the waiting loop makes the calls. A handler that did the
+    work itself could be entered again, by the next signal, in the middle of its own call (Python
+    runs handlers between any two bytecodes): a second Ctrl-C would then close the engines before
+    the first had marked the run as failed, or wait forever on a lock the first one holds."""
     received: list[int] = []
+    pending: collections.deque[int] = collections.deque()
     failure: list[BaseException] = []
 
     def handle(signum: int, _frame: object) -> None:
-        received.append(signum)
-        (on_signal if len(received) == 1 else on_second_signal)(signum)
+        pending.append(signum)
 
     def run() -> None:
         try:
@@ -82,6 +88,11 @@ def run_interruptible(target: Callable[[], None], on_signal: Callable[[int], Non
         thread.start()
         while thread.is_alive():
             thread.join(JOIN_POLL_S)
+            while pending:
+                signum = pending.popleft()
+                received.append(signum)
+                (on_signal if len(received) == 1 else on_second_signal)(signum)
+    received.extend(pending)  # arrived as the test ended: nothing left to stop, but the run was interrupted
     if failure:
         raise failure[0]
     return received[0] if received else None
