@@ -335,3 +335,35 @@ def test_sigterm_while_the_model_loads_is_one_line_and_143(tmp_path, demo_assets
     assert process.returncode == 143, stderr[-2000:]
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM")
+
+
+# Run as `python -c`: main.py as __main__, with an import hook that signals the process the moment
+# `module` is first imported (main.py imports loadgen and aiohttp only after its
+# handlers are in place).
+SIGNAL_DURING_IMPORT = """
+import os, runpy, signal, sys
+
+class SignalOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), {signum})
+        return None
+
+sys.meta_path.insert(0, SignalOnImport())
+sys.argv = ["main.py", "--output-log-dir", {out!r}]
+runpy.run_path({main!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("module,signum,code",
+                         [("aiohttp", signal.SIGTERM, 143), ("mlperf_loadgen", signal.SIGINT, 130)])
+def test_a_signal_while_main_imports_is_one_line(tmp_path, module, signum, code):
+    script = SIGNAL_DURING_IMPORT.format(module=module, signum=int(signum), out=str(tmp_path / "out"),
+                                         main=str(ROOT / "main.py"))
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                            timeout=QUICK)
+    assert result.returncode == code, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [f"error: interrupted by {signum.name}"]
+    assert not (tmp_path / "out").exists()

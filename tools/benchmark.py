@@ -1,7 +1,7 @@
 """Benchmark one loadgen scenario on a backend: throughput, engine vs harness time, padding, memory, latency.
 
 Takes every main.py flag (the demo by default, or --model-path/--dataset-path) and runs the test
-through main.execute, with a temporary user.conf: the one main.py would use, plus this tool's
+through harness.run.execute, with a temporary user.conf: the one main.py would use, plus this tool's
 overrides (--target-qps, --min-query-count). Prints a table and the same figures as JSON.
 
     python -m tools.benchmark --scenario Offline --batch-size 8 --output-json offline.json
@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import main as harness_main
+from harness import run as harness_run
 from tools.results_output import emit_results
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = harness_main.build_parser()
+    parser = harness_run.build_parser()
     parser.description = __doc__.splitlines()[0]
     add_cli_args(parser)
     return parser
@@ -127,13 +127,13 @@ def base_user_conf(args: argparse.Namespace) -> Path:
     """The user.conf main.py would use for these flags."""
     if args.user_conf is not None:
         return args.user_conf
-    demo = harness_main.uses_demo(args.model_path, args.dataset_path, args.backend)
-    return harness_main.DEMO_USER_CONF if demo else harness_main.ROOT / "user.conf"
+    demo = harness_run.uses_demo(args.model_path, args.dataset_path, args.backend)
+    return harness_run.DEMO_USER_CONF if demo else harness_run.ROOT / "user.conf"
 
 
 def conf_overrides(args: argparse.Namespace) -> list[str]:
     """user.conf lines appended after the base file (loadgen keeps the last value of a key)."""
-    key = f"{harness_main.MODEL_KEY}.{args.scenario}"
+    key = f"{harness_run.MODEL_KEY}.{args.scenario}"
     lines = []
     if args.target_qps is not None:
         lines.append(f"{key}.target_qps = {args.target_qps}")
@@ -146,7 +146,7 @@ def pct_waste(real: int, slots: int) -> float:
     return 100.0 * (1 - real / slots) if slots else 0.0
 
 
-def throughput_metrics(outcome: harness_main.RunOutcome, setup_s: float) -> ThroughputMetrics:
+def throughput_metrics(outcome: harness_run.RunOutcome, setup_s: float) -> ThroughputMetrics:
     sink = outcome.sut.sink
     samples_key, tokens_key = LOADGEN_THROUGHPUT_KEYS[outcome.config.scenario]
     return ThroughputMetrics(
@@ -159,7 +159,7 @@ def throughput_metrics(outcome: harness_main.RunOutcome, setup_s: float) -> Thro
     )
 
 
-def engine_time_metrics(outcome: harness_main.RunOutcome) -> EngineTimeMetrics:
+def engine_time_metrics(outcome: harness_run.RunOutcome) -> EngineTimeMetrics:
     backend_s = outcome.sut.backend_seconds
     harness_s = outcome.sut.sink.harness_seconds
     return EngineTimeMetrics(engine_s=backend_s - harness_s, harness_share_pct=100.0 * harness_s / backend_s
@@ -192,7 +192,7 @@ def server_latency_metrics(detail: dict[str, Any]) -> ServerLatencyMetrics:
                                 **{ours: detail[theirs] / NS_PER_MS for ours, theirs in LATENCY_KEYS.items()})
 
 
-def collect_metrics(outcome: harness_main.RunOutcome, setup_s: float) -> dict[str, Any]:
+def collect_metrics(outcome: harness_run.RunOutcome, setup_s: float) -> dict[str, Any]:
     """Pure over the finished run: every figure, flat, units in the key names."""
     figures: dict[str, Any] = asdict(throughput_metrics(outcome, setup_s))
     if outcome.config.scenario == "Offline":
@@ -214,7 +214,7 @@ def run_metadata(demo: bool) -> dict[str, Any]:
             "loadgen": metadata.version("mlcommons-loadgen")}
 
 
-def config_echo(config: harness_main.RunConfig, args: argparse.Namespace) -> dict[str, Any]:
+def config_echo(config: harness_run.RunConfig, args: argparse.Namespace) -> dict[str, Any]:
     echo = {k: (str(v) if isinstance(v, Path) else v) for k, v in config.__dict__.items()}
     echo.update(user_conf=str(base_user_conf(args)), user_conf_overrides=conf_overrides(args),
                 output_json=str(args.output_json) if args.output_json else None,
@@ -231,20 +231,20 @@ def close_backends(backends: list) -> None:
             close()
 
 
-def run_benchmark(args: argparse.Namespace) -> tuple[harness_main.RunOutcome, bool, float]:
-    """One test through main.execute with the overridden user.conf; (outcome, demo, setup seconds).
+def run_benchmark(args: argparse.Namespace) -> tuple[harness_run.RunOutcome, bool, float]:
+    """One test through harness.run.execute with the overridden user.conf; (outcome, demo, setup seconds).
     The backends are built here so that they are closed whatever happens to the test."""
     with tempfile.TemporaryDirectory(prefix="benchmark-conf-") as tmp:
         conf = Path(tmp) / "user.conf"
         conf.write_text(base_user_conf(args).read_text() + "\n# tools/benchmark.py\n"
                         + "".join(line + "\n" for line in conf_overrides(args)))
-        config = harness_main.config_from_args(argparse.Namespace(**dict(vars(args), user_conf=conf)))
-        harness_main.validate(config)
-        config, demo = harness_main.with_demo_assets(config)
+        config = harness_run.config_from_args(argparse.Namespace(**dict(vars(args), user_conf=conf)))
+        harness_run.validate(config)
+        config, demo = harness_run.with_demo_assets(config)
         started = time.perf_counter()
-        backends = harness_main.build_backends(config)
+        backends = harness_run.build_backends(config)
         try:
-            outcome = harness_main.execute(config, backends)
+            outcome = harness_run.execute(config, backends)
         finally:
             close_backends(backends)
         setup_s = time.perf_counter() - started - outcome.wall_seconds
@@ -313,11 +313,11 @@ def cli(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         results = main(build_parser().parse_args(argv))
-    except harness_main.UsageError as exc:
+    except harness_run.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return harness_main.EXIT_BAD_INPUT
+        return harness_run.EXIT_BAD_INPUT
     emit_results(results, render_table(results))
-    return harness_main.EXIT_FAILED_RUN if results["failure"] else 0
+    return harness_run.EXIT_FAILED_RUN if results["failure"] else 0
 
 
 if __name__ == "__main__":

@@ -44,9 +44,9 @@ def device_used_gb(device: str) -> float | None:
 
 def make_room(device: str) -> None:
     """GPU: wait for the previous path's memory (a finished engine's processes release it a little
-    after they are told to stop). CPU: the KV-cache size main.py sets for vLLM's CPU build."""
+    after they are told to stop). CPU: the KV-cache size harness/run.py sets for vLLM's CPU build."""
     if not device.startswith("cuda"):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # as main.py sets for the CPU build
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # as harness/run.py sets for the CPU build
         return
     import torch
 

@@ -199,13 +199,13 @@ def stdout_to_file(path: Path) -> Iterator[None]:
 
 def run_once(scenario: str, accuracy: bool, dataset_path: Path, user_conf: Path, log_dir: Path,
              batch_size: int, answer_tokens: int) -> RunMetrics:
-    """In a fresh process: one loadgen test through main.execute with the instant engine."""
+    """In a fresh process: one loadgen test through harness.run.execute with the instant engine."""
     # Imported before the baseline so that RSS growth counts the run's data, not module code.
     import dataset  # noqa: F401
-    import main as harness_main
     import SUT  # noqa: F401
+    from harness import run as harness_run
 
-    args = harness_main.build_parser().parse_args([
+    args = harness_run.build_parser().parse_args([
         "--scenario", scenario, "--dataset-path", str(dataset_path), "--model-path", str(dataset_path.parent),
         "--user-conf", str(user_conf), "--output-log-dir", str(log_dir), "--batch-size", str(batch_size),
         *(["--accuracy"] if accuracy else []),
@@ -213,7 +213,7 @@ def run_once(scenario: str, accuracy: bool, dataset_path: Path, user_conf: Path,
     log_dir.mkdir(parents=True, exist_ok=True)
     before = current_rss_mb()
     with stdout_to_file(log_dir / "stdout.txt"):
-        outcome = harness_main.execute(harness_main.config_from_args(args),
+        outcome = harness_run.execute(harness_run.config_from_args(args),
                                        backends=[InstantBackend(answer_tokens)])
     sink = outcome.sut.sink
     calls = sink.completed * (2 if scenario == "Server" else 1)
@@ -230,7 +230,7 @@ def run_once(scenario: str, accuracy: bool, dataset_path: Path, user_conf: Path,
 
 
 def fake_checkpoint(folder: Path) -> Path:
-    """main.validate wants a config.json in --model-path; the instant engine never reads it."""
+    """harness.run.validate wants a config.json in --model-path; the instant engine never reads it."""
     (folder / "config.json").write_text("{}\n")
     return folder
 

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 30.0
 POLL_S = 0.5
-CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB of KV cache on the CPU build (ignored on GPUs), as main.py sets
+CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB of KV cache on the CPU build (ignored on GPUs), as harness/run.py sets
 
 
 def free_port() -> int:
