@@ -19,6 +19,10 @@ MAX_NEW_TOKENS = 1024
 MAX_PROMPT_TOKENS = 2048  # the dataset's longest prompt; the engines' context is sized for it plus an answer
 MBXP_STOP_IDS = (13, 13940, 28832, 13)  # "\n```\n"
 IDLE_POLL_S = 0.2  # how often a backend loop waiting for work looks at abort()
+# warm_up()'s prompt: synthetic ids, not a dataset row (the benchmark's samples are seen only in
+# the test), as long as a short prompt of the dataset.
+WARM_UP_PROMPT = (1, *range(1000, 1063))
+WARM_UP_NEW_TOKENS = 4
 
 
 class DescribedFailure(Exception):
@@ -65,6 +69,12 @@ class GenerationBackend(Protocol):
     ) -> None:
         """Answer requests as they arrive (Server scenario) until a None is taken from the
         queue and everything in flight is done. Handlers run on the calling thread."""
+        ...
+
+    def warm_up(self) -> None:
+        """Before loadgen's test: generate WARM_UP_NEW_TOKENS ids for WARM_UP_PROMPT, so that the
+        engine's first-step costs (allocations, first kernel calls) are not paid by the first
+        query. A demo Server query paid 0.4-0.6 s for them beside a busy neighbour."""
         ...
 
     def abort(self) -> None:

@@ -22,6 +22,8 @@ from harness.backend import (
     IDLE_POLL_S,
     MAX_NEW_TOKENS,
     MIN_NEW_TOKENS,
+    WARM_UP_NEW_TOKENS,
+    WARM_UP_PROMPT,
     DoneHandler,
     FirstTokenHandler,
     GenerationRequest,
@@ -166,6 +168,12 @@ class HFBackend:
 
     def close(self) -> None:
         """Nothing to release beyond the model, which goes with the object."""
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        input_ids = torch.tensor([WARM_UP_PROMPT], device=self.input_device)
+        self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                            generation_config=self.generation_config, max_new_tokens=WARM_UP_NEW_TOKENS)
 
     def generate(
         self,

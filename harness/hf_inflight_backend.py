@@ -38,6 +38,8 @@ from harness.backend import (
     MAX_NEW_TOKENS,
     MAX_PROMPT_TOKENS,
     MIN_NEW_TOKENS,
+    WARM_UP_NEW_TOKENS,
+    WARM_UP_PROMPT,
     DoneHandler,
     FirstTokenHandler,
     GenerationRequest,
@@ -176,6 +178,17 @@ class HFInflightBackend:
                 if self._in_flight:
                     for _, request, ids in self._drain(on_first_token, ARRIVAL_POLL_S):
                         on_done(request, ids)
+
+    def warm_up(self) -> None:
+        with self._loop:
+            request_id = self.manager.add_request(list(WARM_UP_PROMPT), request_id="warm-up",
+                                                  max_new_tokens=WARM_UP_NEW_TOKENS)
+            if request_id is None:
+                raise RuntimeError("transformers' continuous batching engine refused a request: it is stopping")
+            while (output := self.manager.get_result(request_id=request_id, timeout=IDLE_POLL_S)) is None \
+                    or not output.is_finished():
+                if output is None:
+                    self._check_engine()
 
     def abort(self) -> None:
         self._aborted.set()

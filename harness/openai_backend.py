@@ -150,6 +150,10 @@ class OpenAIBackend:
 
         self._run_loop(run)
 
+    def warm_up(self) -> None:
+        """Nothing more to do: the start-up check (build_openai_backend) already had every server
+        generate for a short prompt."""
+
     def abort(self) -> None:
         """Cancel the running loop (its streams close, so the servers abort their requests); the
         running generate()/serve() returns without handing over unfinished answers."""

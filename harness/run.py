@@ -384,6 +384,8 @@ def execute_in_own_folder(config: RunConfig, backends: list[GenerationBackend] |
     owned = backends is None
     backends = backends or build_backends(config)
     try:
+        for backend in backends:
+            backend.warm_up()
         sut_class = OfflineSUT if config.scenario == "Offline" else ServerSUT
         extra = {"sort_by_length": config.sort_by_length} if config.scenario == "Offline" else {}
         sut = sut_class(dataset, backends, num_workers=config.num_workers, batch_size=config.batch_size or 1,

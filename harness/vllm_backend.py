@@ -27,6 +27,8 @@ from harness.backend import (
     MAX_NEW_TOKENS,
     MAX_PROMPT_TOKENS,
     MIN_NEW_TOKENS,
+    WARM_UP_NEW_TOKENS,
+    WARM_UP_PROMPT,
     DoneHandler,
     FirstTokenHandler,
     GenerationRequest,
@@ -152,6 +154,16 @@ class VllmBackend:
                 if self._in_flight:
                     for _, state in self._step(on_first_token):
                         on_done(state.request, state.ids)
+
+    def warm_up(self) -> None:
+        from vllm.inputs import TokensPrompt
+
+        params = self._params.clone()
+        params.max_tokens = WARM_UP_NEW_TOKENS
+        with self._loop:
+            self._engine.add_request("warm-up", TokensPrompt(prompt_token_ids=list(WARM_UP_PROMPT)), params)
+            while self._engine.has_unfinished_requests():
+                self._engine.step()
 
     def abort(self) -> None:
         self._aborted.set()

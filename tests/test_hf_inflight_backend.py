@@ -65,6 +65,22 @@ def test_answers_equal_static_generate_on_every_demo_row(inflight, requests_, st
     assert stopped, "the demo model emits the MBXP stop sequence"
 
 
+def test_warm_up_leaves_the_engine_answering_as_before(inflight, requests_, static_answers):
+    inflight.warm_up()
+    inflight.warm_up()
+    assert inflight.manager.get_result(timeout=0) is None, "the warm-up's outputs were all taken"
+    answers = inflight.generate(requests_[:4])
+    assert [postprocess_output(a, r.stop_ids) for a, r in zip(answers, requests_, strict=False)] == static_answers[:4]
+
+
+def test_static_warm_up_counts_no_padding_and_changes_no_answer(demo_assets, requests_, static_answers):
+    backend = HFBackend.load(str(demo_assets.model_dir), "float32", "cpu", batch_size=8)
+    backend.warm_up()
+    assert backend.padding.prompt_slots == 0, "the warm-up is not a benchmark batch"
+    answers = backend.generate(requests_[:8])
+    assert [postprocess_output(a, r.stop_ids) for a, r in zip(answers, requests_, strict=False)] == static_answers[:8]
+
+
 def test_serve_answers_queries_as_they_arrive(inflight, requests_, static_answers):
     arrivals: queue.Queue = queue.Queue()
     events: list[tuple[str, int]] = []

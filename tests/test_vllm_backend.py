@@ -123,6 +123,12 @@ def test_generation_stops_at_the_first_stop_occurrence(engine, requests_, vllm_a
     assert tuple(stopped[-4:]) == stop
 
 
+def test_warm_up_leaves_the_engine_answering_as_before(engine, requests_, vllm_answers):
+    engine.warm_up()
+    assert not engine._engine.has_unfinished_requests()
+    assert engine.generate(requests_[:4]) == vllm_answers[:4]
+
+
 def test_serve_streams_first_tokens_on_the_completing_thread(engine, requests_):
     first, done, arrivals = serve_in_two_waves(engine, requests_)
 

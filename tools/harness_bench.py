@@ -61,6 +61,9 @@ class InstantBackend:
                 on_done(request, self.answer)
         return [self.answer for _ in requests]
 
+    def warm_up(self) -> None:
+        """An instant engine has nothing to warm."""
+
     def serve(
         self,
         requests: queue.Queue[GenerationRequest | None],
