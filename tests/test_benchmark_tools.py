@@ -21,8 +21,8 @@ COMMON_KEYS = (
 )
 PADDING_KEYS = ("prompt_padding_waste_pct", "generated_padding_waste_pct")  # static batches only
 OFFLINE_KEYS = (*COMMON_KEYS, *PADDING_KEYS, "engine_s", "harness_share_pct")
-SERVER_KEYS = (*COMMON_KEYS, "target_qps", "p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms",
-               "p50_latency_ms", "p99_latency_ms")
+SERVER_KEYS = (*COMMON_KEYS, "target_qps", "p50_ttft_ms", "p99_ttft_ms", "max_ttft_ms", "p50_tpot_ms",
+               "p99_tpot_ms", "p50_latency_ms", "p99_latency_ms")
 LOAD_KEYS = ("synth_dataset_s", "dataset_load_s", "qsl_construct_ms", "rss_before_load_mb", "rss_after_load_mb",
              "dataset_rss_growth_mb", "load_peak_rss_mb")
 RUN_KEYS = ("completed_samples", "wall_s", "samples_per_s", "loadgen_calls", "loadgen_calls_per_s",

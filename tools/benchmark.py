@@ -37,6 +37,7 @@ LOADGEN_THROUGHPUT_KEYS = {
 LATENCY_KEYS = {  # our key -> detail-log key (nanoseconds)
     "p50_ttft_ms": "result_first_token_50.00_percentile_latency_ns",
     "p99_ttft_ms": "result_first_token_99.00_percentile_latency_ns",
+    "max_ttft_ms": "result_first_token_max_latency_ns",  # one slow query can fail early stopping
     "p50_tpot_ms": "result_time_per_output_token_50.00_percentile_ns",
     "p99_tpot_ms": "result_time_per_output_token_99.00_percentile_ns",
     "p50_latency_ms": "result_50.00_percentile_latency_ns",
@@ -83,6 +84,7 @@ class ServerLatencyMetrics:
     target_qps: float
     p50_ttft_ms: float
     p99_ttft_ms: float
+    max_ttft_ms: float
     p50_tpot_ms: float
     p99_tpot_ms: float
     p50_latency_ms: float
@@ -286,6 +288,7 @@ TABLE_ROWS = (  # (key, label, format); rows whose key a run lacks are left out
     ("target_qps", "Target QPS", "{:g}"),
     ("p50_ttft_ms", "TTFT p50 (ms)", "{:.2f}"),
     ("p99_ttft_ms", "TTFT p99 (ms)", "{:.2f}"),
+    ("max_ttft_ms", "TTFT max (ms)", "{:.2f}"),
     ("p50_tpot_ms", "TPOT p50 (ms)", "{:.3f}"),
     ("p99_tpot_ms", "TPOT p99 (ms)", "{:.3f}"),
     ("p50_latency_ms", "Query latency p50 (ms)", "{:.1f}"),
