@@ -19,7 +19,9 @@ from harness.evaluation.mbxp.sandbox import MAX_RESULT_CHARS
 from tests.processes import processes_in
 
 RUN_TIMEOUT_S = 3.0
-TIME_ALLOWED_S = 20.0  # timeout + compile (g++ takes a few seconds on a busy machine) + cleanup
+# Only catches a check that waits on what an answer left running (its daemons sleep 600 s); a
+# timeout, a compile on a busy machine and the cleanup take far less.
+TIME_ALLOWED_S = 120.0
 
 CPP_FORK_BOMB = "#include <unistd.h>\nvoid f() { while (true) fork(); }\n"
 CPP_SESSION_FORK_BOMB = "#include <unistd.h>\nvoid f() { while (true) if (fork() == 0) setsid(); }\n"

@@ -187,7 +187,7 @@ def test_generation_stops_at_the_first_stop_occurrence_on_the_server_too(server,
 
 
 def test_serve_streams_first_tokens_on_the_completing_thread(backend, requests_, answers):
-    first, done, arrivals = serve_in_two_waves(backend, requests_, delay_s=0.3)
+    first, done, arrivals = serve_in_two_waves(backend, requests_)
 
     assert sorted(done) == sorted(first) == [r.qsl_index for r in requests_]
     for index, (ids, thread) in done.items():
