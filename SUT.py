@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import mlperf_loadgen as lg
 
 from dataset import MixtralDataset
-from harness.backend import EOS_ID, DescribedFailure, GenerationBackend, GenerationRequest
+from harness.backends.protocol import EOS_ID, DescribedFailure, GenerationBackend, GenerationRequest
 from harness.completion import CompletionSink
 from harness.journal import Journal
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.backend import MBXP_STOP_IDS, GenerationRequest
+from harness.backends.protocol import MBXP_STOP_IDS, GenerationRequest
 
 log = logging.getLogger(__name__)
 

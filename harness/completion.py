@@ -17,7 +17,7 @@ import mlperf_loadgen as lg
 import numpy as np
 from tqdm import tqdm
 
-from harness.backend import EOS_ID, GenerationRequest
+from harness.backends.protocol import EOS_ID, GenerationRequest
 from harness.journal import Journal
 from harness.postprocess import postprocess_output
 

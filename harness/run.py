@@ -22,10 +22,10 @@ from pathlib import Path
 
 import mlperf_loadgen as lg
 
-from harness.backend import MAX_PROMPT_TOKENS, GenerationBackend
-from harness.endpoint import EndpointError
+from harness.backends.openai_api import DEFAULT_CONCURRENCY, build_openai_backend, check_api_flags, served_model_name
+from harness.backends.openai_client import EndpointError
+from harness.backends.protocol import MAX_PROMPT_TOKENS, GenerationBackend
 from harness.interrupts import run_interruptible, signal_name
-from harness.openai_backend import DEFAULT_CONCURRENCY, build_openai_backend, check_api_flags, served_model_name
 from harness.output_dirs import OutputDirError, ensure_writable_dir, exclusive_use
 from harness.provenance import ProvenanceError, loadgen_seeds, run_facts, seeds_warning, write_run_files
 
@@ -279,8 +279,8 @@ def build_backends(config: RunConfig) -> list[GenerationBackend]:
             return [build_openai_backend(config.api_server, config.api_model_name, config.api_concurrency)]
         except (EndpointError, ValueError) as exc:
             raise UsageError(str(exc)) from None
-    from harness.hf_backend import HFBackend, resolve_device
-    from harness.hf_inflight_backend import HFInflightBackend
+    from harness.backends.hf_inflight import HFInflightBackend
+    from harness.backends.hf_static import HFBackend, resolve_device
 
     try:
         device = resolve_device(config.device)
@@ -301,7 +301,7 @@ def build_backends(config: RunConfig) -> list[GenerationBackend]:
         # vLLM's CPU build otherwise sizes its KV cache from a GPU-style memory fraction and refuses
         # to start on small machines; 1 GiB holds the demo's batches.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from harness.vllm_backend import build_vllm_backends
+    from harness.backends.vllm_engine import build_vllm_backends
 
     try:
         return build_vllm_backends(str(config.model_path), config.dtype, config.tensor_parallel_size,

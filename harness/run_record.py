@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from harness.backend import EOS_ID, MAX_NEW_TOKENS, MBXP_STOP_IDS, MIN_NEW_TOKENS
+from harness.backends.protocol import EOS_ID, MAX_NEW_TOKENS, MBXP_STOP_IDS, MIN_NEW_TOKENS
 
 CHUNK_BYTES = 1 << 20
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")

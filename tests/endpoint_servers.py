@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from pathlib import Path
 from typing import Any
 
-from harness.backend import EOS_ID, MIN_NEW_TOKENS
+from harness.backends.protocol import EOS_ID, MIN_NEW_TOKENS
 from tools.vllm_server import VllmServer, free_port, running_vllm_server
 
 API_KEY = "test-key-never-printed-7f3a"  # the servers require it: every test sends it

@@ -6,7 +6,7 @@ import queue
 import threading
 from collections.abc import Sequence
 
-from harness.backend import GenerationBackend, GenerationRequest
+from harness.backends.protocol import GenerationBackend, GenerationRequest
 
 LEFT_OVER = "left for another serving thread"
 HANG_GUARD_S = 600  # only a backend that never streams gets near this

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import MixtralForCausalLM
 
-from harness.backend import MBXP_STOP_IDS
+from harness.backends.protocol import MBXP_STOP_IDS
 from harness.demo import DemoAssets, ensure_demo_assets
 from harness.demo.assets import _write_atomically
 from harness.demo.dataset_builder import COLUMNS, MBXP_LANGUAGES, gsm8k_solution, mbxp_prompt

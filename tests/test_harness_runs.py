@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from harness.backend import MBXP_STOP_IDS
+from harness.backends.protocol import MBXP_STOP_IDS
 from harness.postprocess import postprocess_output
 from tests.run_helpers import ROOT, accuracy_entries, answers_by_index, detail, ids_of, run_main
 

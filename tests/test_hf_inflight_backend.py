@@ -12,9 +12,9 @@ import torch
 from transformers import MixtralForCausalLM
 
 from dataset import MixtralDataset
-from harness.backend import EOS_ID, MBXP_STOP_IDS, GenerationRequest
-from harness.hf_backend import HFBackend, load_model
-from harness.hf_inflight_backend import HFInflightBackend
+from harness.backends.hf_inflight import HFInflightBackend
+from harness.backends.hf_static import HFBackend, load_model
+from harness.backends.protocol import EOS_ID, MBXP_STOP_IDS, GenerationRequest
 from harness.postprocess import postprocess_output, strip_trailing
 from tests.run_helpers import random_tiny_mixtral
 

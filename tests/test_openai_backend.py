@@ -13,8 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.backend import EOS_ID, MAX_NEW_TOKENS, GenerationRequest
-from harness.endpoint import (
+from harness.backends.openai_api import (
+    STARTUP_TIMEOUT_ENV,
+    Router,
+    build_openai_backend,
+    check_api_flags,
+    choose_model,
+    least_busy,
+    startup_timeout_s,
+)
+from harness.backends.openai_client import (
     API_KEY_ENV,
     MAX_DETAIL_CHARS,
     MAX_EVENT_BYTES,
@@ -30,15 +38,7 @@ from harness.endpoint import (
     shown,
     vocabulary_size,
 )
-from harness.openai_backend import (
-    STARTUP_TIMEOUT_ENV,
-    Router,
-    build_openai_backend,
-    check_api_flags,
-    choose_model,
-    least_busy,
-    startup_timeout_s,
-)
+from harness.backends.protocol import EOS_ID, MAX_NEW_TOKENS, GenerationRequest
 from tests.endpoint_servers import (
     API_KEY,
     FakeServer,

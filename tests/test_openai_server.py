@@ -14,10 +14,10 @@ import time
 import pytest
 
 from dataset import MixtralDataset
-from harness import openai_backend
-from harness.backend import MAX_NEW_TOKENS, GenerationRequest
-from harness.endpoint import completion_body
-from harness.openai_backend import build_openai_backend
+from harness.backends import openai_api
+from harness.backends.openai_api import build_openai_backend
+from harness.backends.openai_client import completion_body
+from harness.backends.protocol import MAX_NEW_TOKENS, GenerationRequest
 from harness.postprocess import cut_after_stop
 from tests.endpoint_servers import (
     API_KEY,
@@ -166,7 +166,7 @@ def endless_answers(monkeypatch):
     def endless(*args, **kwargs):
         return completion_body(*args, **kwargs) | {"ignore_eos": True, "stop_token_ids": []}
 
-    monkeypatch.setattr(openai_backend, "completion_body", endless)
+    monkeypatch.setattr(openai_api, "completion_body", endless)
 
 
 def test_generation_stops_at_the_first_stop_occurrence_on_the_server_too(server, backend, requests_, answers,

@@ -1,4 +1,4 @@
-from harness.backend import MBXP_STOP_IDS
+from harness.backends.protocol import MBXP_STOP_IDS
 from harness.postprocess import cut_after_stop, find_stop_end, postprocess_output, strip_trailing
 
 STOP = list(MBXP_STOP_IDS)

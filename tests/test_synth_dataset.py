@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from dataset import DATASET_COLUMNS, MixtralDataset
-from harness.backend import EOS_ID, MBXP_STOP_IDS
+from harness.backends.protocol import EOS_ID, MBXP_STOP_IDS
 from tools.synth_dataset import PROMPT_PREFIX, SCORED_LANGUAGES, synth_frame
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ import torch
 from transformers import MixtralForCausalLM, StoppingCriteria, StoppingCriteriaList
 
 from dataset import MixtralDataset
-from harness.backend import EOS_ID, MAX_NEW_TOKENS, MIN_NEW_TOKENS, GenerationRequest
+from harness.backends.protocol import EOS_ID, MAX_NEW_TOKENS, MIN_NEW_TOKENS, GenerationRequest
+from harness.backends.vllm_engine import build_vllm_backends
 from harness.postprocess import cut_after_stop, find_stop_end, postprocess_output
-from harness.vllm_backend import build_vllm_backends
 from tests.serve_checks import LEFT_OVER, serve_in_two_waves
 
 TIE_TOLERANCE = 1e-4  # logit gap under which two tokens are a tie that float rounding may break either way

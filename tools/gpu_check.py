@@ -36,9 +36,9 @@ import torch
 from transformers import MixtralConfig, MixtralForCausalLM
 from transformers.models.mixtral.modeling_mixtral import MixtralRotaryEmbedding
 
-from harness import hf_backend
-from harness.backend import GenerationBackend, GenerationRequest
-from harness.hf_inflight_backend import HFInflightBackend
+from harness.backends import hf_static
+from harness.backends.hf_inflight import HFInflightBackend
+from harness.backends.protocol import GenerationBackend, GenerationRequest
 from tools.gpu_check_vllm import endpoint_path, vllm_path
 from tools.gpu_measure import path_summary, run_batches
 from tools.synth_dataset import synth_frame
@@ -181,7 +181,7 @@ def hf_backend_for(model: torch.nn.Module, batching: str, batch_size: int,
     measures the same per-step rate in budget. In-flight: `batch_size` sequences per engine step."""
     if batching == "inflight":
         return HFInflightBackend(model, max_sequences=batch_size, max_new_tokens=new_tokens)
-    return hf_backend.HFBackend(model, batch_size=batch_size, max_new_tokens=new_tokens)
+    return hf_static.HFBackend(model, batch_size=batch_size, max_new_tokens=new_tokens)
 
 
 def _hf_runs(args: argparse.Namespace, model: MixtralForCausalLM, build_s: float, prompts: list[list[int]],

@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers import MixtralConfig
 
-from harness.backend import MAX_NEW_TOKENS
+from harness.backends.protocol import MAX_NEW_TOKENS
 from tools.gpu_measure import path_summary, run_batches
 
 RELEASE_TIMEOUT_S = 120.0
@@ -61,7 +61,7 @@ def make_room(device: str) -> None:
 
 
 def vllm_path(args: argparse.Namespace, config: MixtralConfig, prompts: list[list[int]], budget_s: float) -> dict:
-    from harness.vllm_backend import VllmBackend
+    from harness.backends.vllm_engine import VllmBackend
 
     make_room(args.device)
     with tempfile.TemporaryDirectory(prefix="gpu-check-vllm-") as folder:
@@ -76,7 +76,7 @@ def vllm_path(args: argparse.Namespace, config: MixtralConfig, prompts: list[lis
 
 
 def endpoint_path(args: argparse.Namespace, config: MixtralConfig, prompts: list[list[int]], budget_s: float) -> dict:
-    from harness.openai_backend import build_openai_backend
+    from harness.backends.openai_api import build_openai_backend
     from tools.vllm_server import running_vllm_server
 
     make_room(args.device)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.backend import GenerationBackend, GenerationRequest
+from harness.backends.protocol import GenerationBackend, GenerationRequest
 from harness.postprocess import strip_trailing
 
 logger = logging.getLogger(__name__)

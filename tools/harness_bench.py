@@ -30,7 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from harness.backend import DoneHandler, FirstTokenHandler, GenerationRequest
+from harness.backends.protocol import DoneHandler, FirstTokenHandler, GenerationRequest
 from tools.results_output import emit_results
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from dataset import DATASET_COLUMNS, VOCAB_SIZE
-from harness.backend import EOS_ID, MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, MBXP_STOP_IDS
+from harness.backends.protocol import EOS_ID, MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, MBXP_STOP_IDS
 
 logger = logging.getLogger(__name__)
 

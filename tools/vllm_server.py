@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.vllm_backend import DEFAULT_MAX_MODEL_LEN
+from harness.backends.vllm_engine import DEFAULT_MAX_MODEL_LEN
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import sentencepiece as spm
 
-from harness.backend import MBXP_STOP_IDS
+from harness.backends.protocol import MBXP_STOP_IDS
 from harness.demo.openorca_samples import ORCA_SAMPLES
 from harness.tokenizer import EOS_ID, reference_encode
 

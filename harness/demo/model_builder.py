@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from transformers import GenerationConfig, MixtralConfig, MixtralForCausalLM
 
-from harness.backend import MBXP_STOP_IDS
+from harness.backends.protocol import MBXP_STOP_IDS
 from harness.demo.training import Example, TrainConfig, train
 from harness.tokenizer import BOS_ID, EOS_ID, save_tokenizer
 

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from transformers import MixtralForCausalLM
 
-from harness.backend import MBXP_STOP_IDS
+from harness.backends.protocol import MBXP_STOP_IDS
 from harness.tokenizer import EOS_ID
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from harness.backend import (
+from harness.backends.protocol import (
     EOS_ID,
     IDLE_POLL_S,
     MAX_NEW_TOKENS,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from harness.backend import (
+from harness.backends.protocol import (
     EOS_ID,
     IDLE_POLL_S,
     MAX_NEW_TOKENS,
@@ -141,7 +141,7 @@ class PaddingStats:
 
 
 class HFBackend:
-    """GenerationBackend over transformers' generate (see harness/backend.py)."""
+    """GenerationBackend over transformers' generate (see harness/backends/protocol.py)."""
 
     continuous_batching = False
 

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
 
-from harness.backend import EOS_ID, DescribedFailure
+from harness.backends.protocol import EOS_ID, DescribedFailure
 from harness.tokenizer import bundled_tokenizer_model, load_sentencepiece
 
 API_KEY_ENV = "OPENAI_API_KEY"  # sent as a bearer token when set; never a flag, never logged

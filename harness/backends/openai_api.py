@@ -29,8 +29,15 @@ from typing import TypeVar
 
 import aiohttp
 
-from harness.backend import MAX_NEW_TOKENS, MIN_NEW_TOKENS, DoneHandler, FirstTokenHandler, GenerationRequest
-from harness.endpoint import API_KEY_ENV, Endpoint, EndpointError, completion_body, http_session, normalize_url
+from harness.backends.openai_client import (
+    API_KEY_ENV,
+    Endpoint,
+    EndpointError,
+    completion_body,
+    http_session,
+    normalize_url,
+)
+from harness.backends.protocol import MAX_NEW_TOKENS, MIN_NEW_TOKENS, DoneHandler, FirstTokenHandler, GenerationRequest
 from harness.postprocess import find_stop_end
 from harness.tokenizer import BOS_ID
 

@@ -32,7 +32,8 @@ from transformers.generation.continuous_batching.cb_logits_processors import (
     ContinuousBatchingLogitsProcessorList,
 )
 
-from harness.backend import (
+from harness.backends.hf_static import load_model, resolve_device
+from harness.backends.protocol import (
     EOS_ID,
     IDLE_POLL_S,
     MAX_NEW_TOKENS,
@@ -44,7 +45,6 @@ from harness.backend import (
     FirstTokenHandler,
     GenerationRequest,
 )
-from harness.hf_backend import load_model, resolve_device
 from harness.postprocess import find_stop_end
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def continuous_batching_config(model: torch.nn.Module, max_sequences: int | None
 
 
 class HFInflightBackend:
-    """GenerationBackend over transformers' continuous batching (see harness/backend.py). One engine
+    """GenerationBackend over transformers' continuous batching (see harness/backends/protocol.py). One engine
     per model; threads sharing the backend take turns (one consuming loop at a time)."""
 
     continuous_batching = True  # the engine schedules: give it everything at once
