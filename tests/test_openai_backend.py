@@ -1,4 +1,4 @@
-"""The endpoint backend's parts that need no server (URLs, flags, the request, stream events,
+"""The OpenAI backend's parts that need no server (URLs, flags, the request, stream events,
 finish checks, error lines, model choice, routing), and its defences against servers that
 misbehave, with fake servers (tests/endpoint_servers.py): in-process, and main.py end to end.
 Against a real server: test_openai_server.py."""

@@ -1,4 +1,4 @@
-"""The endpoint backend against real `vllm serve` processes of the demo model (one for the module,
+"""The OpenAI backend against real `vllm serve` processes of the demo model (one for the module,
 a second for the two-server run and the mid-run kill): in-process generate/serve/abort, loadgen
 runs of main.py, and its failures (an unreachable server, a wrong model name or key, a server
 without token ids, an HTTP error, a stream cut short, a server killed mid-run, then --resume)."""

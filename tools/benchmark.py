@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import run as harness_run
+from harness.backends.protocol import PaddingStats
 from tools.results_output import emit_results
 
 log = logging.getLogger(__name__)
@@ -168,8 +169,7 @@ def engine_time_metrics(outcome: harness_run.RunOutcome) -> EngineTimeMetrics:
                              if backend_s else 0.0)
 
 
-def padding_metrics(backends: list) -> PaddingMetrics:
-    stats = [b.padding for b in backends]
+def padding_metrics(stats: list[PaddingStats]) -> PaddingMetrics:
     return PaddingMetrics(
         prompt_padding_waste_pct=pct_waste(sum(s.prompt_tokens for s in stats), sum(s.prompt_slots for s in stats)),
         generated_padding_waste_pct=pct_waste(sum(s.generated_tokens for s in stats),
@@ -201,10 +201,13 @@ def collect_metrics(outcome: harness_run.RunOutcome, setup_s: float) -> dict[str
         figures.update(asdict(engine_time_metrics(outcome)))
     else:
         figures.update(asdict(server_latency_metrics(outcome.detail)))
-    if all(hasattr(b, "padding") for b in outcome.backends):
-        figures.update(asdict(padding_metrics(outcome.backends)))
-    if all(hasattr(b, "sent") for b in outcome.backends):  # the endpoint backend: how the load was spread
-        figures["requests_per_server"] = dict(sum((b.sent for b in outcome.backends), Counter()))
+    stats = [backend.stats() for backend in outcome.backends]
+    padding = [s.padding for s in stats if s.padding is not None]
+    if padding and len(padding) == len(stats):
+        figures.update(asdict(padding_metrics(padding)))
+    spread = [s.requests_per_server for s in stats if s.requests_per_server is not None]
+    if spread and len(spread) == len(stats):  # the OpenAI backend: how the load was spread
+        figures["requests_per_server"] = dict(sum((Counter(counts) for counts in spread), Counter()))
     figures["result_validity"] = str(outcome.detail.get("result_validity", "missing"))
     figures["num_errors"] = int(outcome.detail.get("num_errors", -1))
     return figures
@@ -224,41 +227,26 @@ def config_echo(config: harness_run.RunConfig, args: argparse.Namespace) -> dict
     return echo
 
 
-def close_backends(backends: list) -> None:
-    """Stop engines that run in their own processes (vLLM): left running, they keep this
-    process from exiting after a failed test."""
-    for backend in backends:
-        close = getattr(backend, "close", None)
-        if close is not None:
-            close()
-
-
-def run_benchmark(args: argparse.Namespace) -> tuple[harness_run.RunOutcome, bool, float]:
-    """One test through harness.run.execute with the overridden user.conf; (outcome, demo, setup seconds).
-    The backends are built here so that they are closed whatever happens to the test."""
+def run_benchmark(args: argparse.Namespace) -> tuple[harness_run.RunOutcome, float]:
+    """One test through harness.run.execute with the overridden user.conf (which builds the
+    backends and closes them whatever happens to the test); (outcome, setup seconds)."""
     with tempfile.TemporaryDirectory(prefix="benchmark-conf-") as tmp:
         conf = Path(tmp) / "user.conf"
         conf.write_text(base_user_conf(args).read_text() + "\n# tools/benchmark.py\n"
                         + "".join(line + "\n" for line in conf_overrides(args)))
         config = harness_run.config_from_args(argparse.Namespace(**dict(vars(args), user_conf=conf)))
-        harness_run.validate(config)
-        config, demo = harness_run.with_demo_assets(config)
         started = time.perf_counter()
-        backends = harness_run.build_backends(config)
-        try:
-            outcome = harness_run.execute(config, backends)
-        finally:
-            close_backends(backends)
+        outcome = harness_run.execute(config)
         setup_s = time.perf_counter() - started - outcome.wall_seconds
-    return outcome, demo, setup_s
+    return outcome, setup_s
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     validate_args(args)
     if not base_user_conf(args).is_file():
         raise SystemExit(f"--user-conf {base_user_conf(args)}: file not found")
-    outcome, demo, setup_s = run_benchmark(args)
-    results = {**run_metadata(demo), "config": config_echo(outcome.config, args),
+    outcome, setup_s = run_benchmark(args)
+    results = {**run_metadata(outcome.demo), "config": config_echo(outcome.config, args),
                "log_dir": str(outcome.config.output_log_dir.resolve()),
                "failure": outcome.sut.failure or (None if outcome.workers_ended else "a worker did not stop"),
                **collect_metrics(outcome, setup_s), **memory_metrics()}

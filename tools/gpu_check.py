@@ -9,7 +9,7 @@ time budget, on synthetic prompts of the real dataset's lengths at a few batch s
   batch size as its sequences per step);
 - vllm: VllmBackend on an engine that vLLM builds from a config alone with random weights
   (load_format "dummy");
-- endpoint: the endpoint backend against `vllm serve` of the same (tools/vllm_server.py).
+- endpoint: the OpenAI backend against `vllm serve` of the same (tools/vllm_server.py).
 The vLLM paths generate as the harness does (up to 1,024 tokens; random weights rarely end early).
 Prints a table and writes the same figures as JSON. --tiny runs the same paths with tiny shapes
 on the CPU.

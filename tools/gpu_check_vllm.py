@@ -1,4 +1,4 @@
-"""tools/gpu_check.py's vLLM paths: VllmBackend in this process, and the endpoint backend against
+"""tools/gpu_check.py's vLLM paths: VllmBackend in this process, and the OpenAI backend against
 `vllm serve`, both on an engine vLLM builds from a config alone with random weights
 (load_format "dummy"), so no checkpoint is needed.
 

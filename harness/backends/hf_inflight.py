@@ -4,7 +4,8 @@ transformers 5.x runs a paged-attention engine loop on a thread of its own
 (`model.init_continuous_batching()`): new requests join the running batch at its next step and
 finished ones leave at once, so a query's first token no longer waits for the longest answer of a
 static batch. generate() and serve() consume the engine's outputs on the calling thread, where
-every handler runs (loadgen needs a sample's first token and its completion on one thread).
+every handler runs (loadgen needs a sample's first token and its completion on one thread); the
+loop is streaming.py's, shared with vllm_engine.py.
 
 Answers equal static-batch generate's: greedy, EOS ends a row, at most 1,024 new tokens (the
 engine's own rules) and at least 2, which the engine would drop (static generate's
@@ -15,43 +16,36 @@ they arrive and the request is cancelled at once.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import math
-import queue
-import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import LogitsProcessorList
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 from transformers.generation.continuous_batching.cb_logits_processors import (
     ContinuousBatchingLogitsProcessor,
     ContinuousBatchingLogitsProcessorList,
 )
 
-from harness.backends.hf_static import load_model, resolve_device
+from harness.backends.hf_static import greedy_config, load_model, resolve_device
 from harness.backends.protocol import (
     EOS_ID,
     IDLE_POLL_S,
     MAX_NEW_TOKENS,
-    MAX_PROMPT_TOKENS,
+    MAX_SEQUENCE_TOKENS,
     MIN_NEW_TOKENS,
     WARM_UP_NEW_TOKENS,
     WARM_UP_PROMPT,
-    DoneHandler,
-    FirstTokenHandler,
     GenerationRequest,
 )
-from harness.postprocess import find_stop_end
+from harness.backends.streaming import EngineOutput, StreamingBackend
 
 log = logging.getLogger(__name__)
 
 ENGINE_STOP_TIMEOUT_S = 30.0
 ARRIVAL_POLL_S = 0.005  # serve(): longest wait for engine output before new arrivals are added
-MAX_SEQUENCE_TOKENS = MAX_PROMPT_TOKENS + MAX_NEW_TOKENS
+REFUSED = "transformers' continuous batching engine refused a request: it is stopping"
 # On the CPU transformers would size the KV cache from 90 % of the machine's RAM, and its attention
 # masks grow with (batch tokens x cache tokens): keep both to what a CPU run can use.
 CPU_MAX_BATCH_TOKENS = 2048
@@ -90,12 +84,6 @@ class _ProcessorList(ContinuousBatchingLogitsProcessorList):
         self.tensors_required = len(processors)
 
 
-@dataclass
-class _InFlight:
-    request: GenerationRequest
-    seen: int = 0  # generated ids already looked at for the stop ids
-
-
 def continuous_batching_config(model: torch.nn.Module, max_sequences: int | None) -> ContinuousBatchingConfig:
     """Synchronous steps (the min-new-tokens rule needs each request's exact length when a step is
     prepared). On a GPU transformers sizes the cache from free memory; on the CPU it holds
@@ -108,11 +96,13 @@ def continuous_batching_config(model: torch.nn.Module, max_sequences: int | None
     return ContinuousBatchingConfig(**options)
 
 
-class HFInflightBackend:
-    """GenerationBackend over transformers' continuous batching (see harness/backends/protocol.py). One engine
-    per model; threads sharing the backend take turns (one consuming loop at a time)."""
+class HFInflightBackend(StreamingBackend):
+    """GenerationBackend over transformers' continuous batching (see protocol.py). One engine per
+    model; threads sharing the backend take turns (one consuming loop at a time)."""
 
-    continuous_batching = True  # the engine schedules: give it everything at once
+    cumulative_outputs = True  # an output carries every id generated so far
+    generate_poll_s = IDLE_POLL_S  # a wait for outputs wakes now and then to notice abort()
+    serve_poll_s = ARRIVAL_POLL_S
 
     def __init__(self, model: torch.nn.Module, max_sequences: int | None = None,
                  max_new_tokens: int = MAX_NEW_TOKENS) -> None:
@@ -125,73 +115,31 @@ class HFInflightBackend:
                              "use --device cuda:N, or --batching static")
         # Its INFO lines (thread start and stop) would follow the harness's logging level.
         logging.getLogger("ContinuousBatchingLogger").setLevel(logging.WARNING)
-        generation_config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-                                             eos_token_id=EOS_ID, pad_token_id=EOS_ID, bos_token_id=1)
+        super().__init__()
+        # min_new_tokens stays unset: MinNewTokensProcessor applies it per request.
+        generation_config = greedy_config(max_new_tokens, min_new_tokens=None)
         self.max_new_tokens = max_new_tokens
         self.manager = model.init_continuous_batching(
             generation_config=generation_config,
             continuous_batching_config=continuous_batching_config(model, max_sequences))
         self.manager.logit_processor = _ProcessorList([MinNewTokensProcessor()])
         self.manager.start()
-        self._in_flight: dict[str, _InFlight] = {}
-        self._loop = threading.Lock()
-        self._aborted = threading.Event()
-        self._ids = itertools.count()
 
     @classmethod
     def load(cls, model_path: str, dtype: str = "float32", device: str = "cpu",
              max_sequences: int | None = None, attention: str = "sdpa") -> HFInflightBackend:
         return cls(load_model(model_path, dtype, resolve_device(device), attention), max_sequences)
 
-    def generate(
-        self,
-        requests: Sequence[GenerationRequest],
-        on_first_token: FirstTokenHandler | None = None,
-        on_done: DoneHandler | None = None,
-    ) -> list[list[int]]:
-        """Every request goes to the engine at once. Only rows that need their ids as they come
-        (first tokens wanted, stop ids to match) stream."""
-        answers: dict[int, list[int]] = {}
-        with self._loop, self._cancel_on_exit():
-            order = {self._add(r, streaming=on_first_token is not None or bool(r.stop_ids)): i
-                     for i, r in enumerate(requests)}
-            while self._in_flight and not self._aborted.is_set():
-                for request_id, request, ids in self._drain(on_first_token, IDLE_POLL_S):
-                    answers[order[request_id]] = ids
-                    if on_done is not None:
-                        on_done(request, ids)
-        return [answers.get(i, []) for i in range(len(requests))]
-
-    def serve(
-        self,
-        requests: queue.Queue[GenerationRequest | None],
-        on_first_token: FirstTokenHandler,
-        on_done: DoneHandler,
-    ) -> None:
-        """Arrivals join the engine between its outputs (at most ARRIVAL_POLL_S late) until None,
-        then what is in flight finishes. Anything after the None this loop took stays queued."""
-        closing = False
-        with self._loop, self._cancel_on_exit():
-            while (not closing or self._in_flight) and not self._aborted.is_set():
-                if not closing:
-                    closing = self._take_arrivals(requests, wait=not self._in_flight)
-                if self._in_flight:
-                    for _, request, ids in self._drain(on_first_token, ARRIVAL_POLL_S):
-                        on_done(request, ids)
-
     def warm_up(self) -> None:
         with self._loop:
             request_id = self.manager.add_request(list(WARM_UP_PROMPT), request_id="warm-up",
                                                   max_new_tokens=WARM_UP_NEW_TOKENS)
             if request_id is None:
-                raise RuntimeError("transformers' continuous batching engine refused a request: it is stopping")
+                raise RuntimeError(REFUSED)
             while (output := self.manager.get_result(request_id=request_id, timeout=IDLE_POLL_S)) is None \
                     or not output.is_finished():
                 if output is None:
                     self._check_engine()
-
-    def abort(self) -> None:
-        self._aborted.set()
 
     def close(self) -> None:
         """Stop the engine's thread at once (it would keep the process alive), dropping whatever
@@ -199,65 +147,30 @@ class HFInflightBackend:
         self.manager.stop(block=True, timeout=ENGINE_STOP_TIMEOUT_S, hard_stop=True)
         self.manager.destroy()
 
-    @contextlib.contextmanager
-    def _cancel_on_exit(self) -> Iterator[None]:
-        """Whatever ends a loop early (abort, a raising handler, a failed engine) cancels its
-        requests in the engine, so that they stop using it and a later call starts clean."""
-        try:
-            yield
-        finally:
-            for request_id in self._in_flight:
-                self.manager.cancel_request(request_id)
-            self._in_flight.clear()
-
-    def _take_arrivals(self, requests: queue.Queue[GenerationRequest | None], wait: bool) -> bool:
-        """Add every waiting request (wait for one when idle); True once None was taken."""
-        while True:
-            try:
-                item = requests.get(timeout=IDLE_POLL_S) if wait else requests.get_nowait()
-            except queue.Empty:
-                return False
-            if item is None:
-                return True
-            self._add(item, streaming=True)
-            wait = False
-
-    def _add(self, request: GenerationRequest, streaming: bool) -> str:
-        request_id = f"{request.qsl_index}-{next(self._ids)}"
-        self._in_flight[request_id] = _InFlight(request)
+    # --- the engine's part of the streaming loop ---------------------------------------------
+    def _submit(self, request_id: str, request: GenerationRequest, streaming: bool) -> None:
         # Plain ints: the dataset holds numpy int32 arrays.
         accepted = self.manager.add_request([int(t) for t in request.input_ids], request_id=request_id,
                                             max_new_tokens=self.max_new_tokens, streaming=streaming)
         if accepted is None:
-            raise RuntimeError("transformers' continuous batching engine refused a request: it is stopping")
-        return request_id
+            raise RuntimeError(REFUSED)
 
-    def _drain(self, on_first_token: FirstTokenHandler | None,
-               timeout: float) -> list[tuple[str, GenerationRequest, list[int]]]:
-        """The engine's outputs until none is waiting (the first waited for up to `timeout`):
-        first tokens reported, stop ids applied; the requests that ended, with their raw ids."""
-        finished = []
+    def _outputs(self, timeout: float | None) -> Iterator[EngineOutput]:
         output = self.manager.get_result(timeout=timeout)
         if output is None:
             self._check_engine()
         while output is not None:
             state = self._in_flight.get(output.request_id)
-            if state is not None:  # else a request already stopped at its stop ids
-                if output.error is not None:
-                    raise RuntimeError(f"continuous batching failed on sample {state.request.qsl_index}: "
-                                       f"{output.error}")
-                ids = output.generated_tokens
-                if state.seen == 0 and ids and on_first_token is not None:
-                    on_first_token(state.request, ids[0])
-                stop_end = find_stop_end(ids, state.request.stop_ids, start=state.seen)
-                state.seen = len(ids)
-                if stop_end is not None and not output.is_finished():
-                    self.manager.cancel_request(output.request_id)
-                if stop_end is not None or output.is_finished():
-                    del self._in_flight[output.request_id]
-                    finished.append((output.request_id, state.request, list(ids[:stop_end])))
+            if state is not None and output.error is not None:
+                raise RuntimeError(f"continuous batching failed on sample {state.request.qsl_index}: "
+                                   f"{output.error}")
+            # generated_tokens: every id so far, in a list of this output's own.
+            yield EngineOutput(output.request_id, output.generated_tokens, output.is_finished())
             output = self.manager.get_result(timeout=0)
-        return finished
+
+    def _cancel(self, request_ids: list[str]) -> None:
+        for request_id in request_ids:
+            self.manager.cancel_request(request_id)
 
     def _check_engine(self) -> None:
         if not self.manager.is_running():

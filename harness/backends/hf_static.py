@@ -8,27 +8,29 @@ finished answers without waiting for the rest of the batch.
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from harness.backends.protocol import (
+    BOS_ID,
     EOS_ID,
     IDLE_POLL_S,
     MAX_NEW_TOKENS,
     MIN_NEW_TOKENS,
     WARM_UP_NEW_TOKENS,
     WARM_UP_PROMPT,
+    BackendStats,
     DoneHandler,
     FirstTokenHandler,
     GenerationRequest,
+    PaddingStats,
 )
-from harness.postprocess import strip_trailing
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,14 @@ def load_model(model_path: str, dtype: str, device: str, attention: str | None =
                                                  attn_implementation=attention)
     model.eval()
     return model
+
+
+def greedy_config(max_new_tokens: int, min_new_tokens: int | None = MIN_NEW_TOKENS) -> GenerationConfig:
+    """The reference's sampling: greedy, EOS ends a row and pads it. min_new_tokens=None for an
+    engine that applies the minimum itself (hf_inflight.py)."""
+    return GenerationConfig(do_sample=False, num_beams=1, min_new_tokens=min_new_tokens,
+                            max_new_tokens=max_new_tokens, eos_token_id=EOS_ID, pad_token_id=EOS_ID,
+                            bos_token_id=BOS_ID)
 
 
 def left_pad(prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,22 +134,6 @@ class AbortCriteria(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.aborted.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-@dataclass
-class PaddingStats:
-    """Real tokens against the slots a static batch computes (prompt padding, finished rows)."""
-
-    prompt_tokens: int = 0
-    prompt_slots: int = 0
-    generated_tokens: int = 0
-    generated_slots: int = 0
-
-    def add(self, prompt_lengths: Sequence[int], width: int, answers: Sequence[Sequence[int]]) -> None:
-        self.prompt_tokens += sum(prompt_lengths)
-        self.prompt_slots += width * len(prompt_lengths)
-        self.generated_tokens += sum(len(strip_trailing(a)) for a in answers)
-        self.generated_slots += max((len(a) for a in answers), default=0) * len(answers)
-
-
 class HFBackend:
     """GenerationBackend over transformers' generate (see harness/backends/protocol.py)."""
 
@@ -151,10 +145,7 @@ class HFBackend:
         self.batch_size = batch_size
         self.model = model
         self.input_device = model.get_input_embeddings().weight.device
-        self.generation_config = GenerationConfig(
-            do_sample=False, num_beams=1, min_new_tokens=MIN_NEW_TOKENS, max_new_tokens=max_new_tokens,
-            eos_token_id=EOS_ID, pad_token_id=EOS_ID, bos_token_id=1,
-        )
+        self.generation_config = greedy_config(max_new_tokens)
         self.padding = PaddingStats()
         self._padding_lock = threading.Lock()
         self._aborted = threading.Event()
@@ -165,6 +156,10 @@ class HFBackend:
 
     def abort(self) -> None:
         self._aborted.set()
+
+    def stats(self) -> BackendStats:
+        with self._padding_lock:
+            return BackendStats(padding=copy.copy(self.padding))
 
     def close(self) -> None:
         """Nothing to release beyond the model, which goes with the object."""

@@ -1,4 +1,5 @@
-"""Endpoint backend: the GenerationBackend protocol over one or many OpenAI-compatible servers.
+"""OpenAI backend (--backend openai): the GenerationBackend protocol over one or many
+OpenAI-compatible servers, each talked to by openai_client.py.
 
 Every request streams from the least-busy server (fewest answers in flight; ties go to the one
 picked longest ago), at most `concurrency` per server. The asyncio event loop runs on the thread
@@ -25,6 +26,7 @@ import resource
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp
@@ -37,9 +39,17 @@ from harness.backends.openai_client import (
     http_session,
     normalize_url,
 )
-from harness.backends.protocol import MAX_NEW_TOKENS, MIN_NEW_TOKENS, DoneHandler, FirstTokenHandler, GenerationRequest
+from harness.backends.protocol import (
+    BOS_ID,
+    MAX_NEW_TOKENS,
+    MIN_NEW_TOKENS,
+    BackendStats,
+    DoneHandler,
+    FirstTokenHandler,
+    GenerationRequest,
+    context_overflow,
+)
 from harness.postprocess import find_stop_end
-from harness.tokenizer import BOS_ID
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +181,9 @@ class OpenAIBackend:
             with contextlib.suppress(RuntimeError):  # the loop ended meanwhile: nothing left to cancel
                 cancel()
 
+    def stats(self) -> BackendStats:
+        return BackendStats(requests_per_server=dict(self.sent))
+
     def close(self) -> None:
         """Nothing to release: connections live only as long as one generate/serve call."""
         for url, count in sorted(self.sent.items()):
@@ -231,11 +244,9 @@ class OpenAIBackend:
 
 def check_fits(endpoint: Endpoint, request: GenerationRequest) -> None:
     """Refuse a prompt the server would silently give fewer than MAX_NEW_TOKENS new tokens."""
-    needed = len(request.input_ids) + MAX_NEW_TOKENS
-    if endpoint.max_model_len is not None and needed > endpoint.max_model_len:
-        raise endpoint.error(f"sample {request.qsl_index}: {len(request.input_ids)} input + {MAX_NEW_TOKENS} new "
-                             f"tokens exceed its max_model_len {endpoint.max_model_len} (serve with --max-model-len "
-                             f"{needed} or more)")
+    if (problem := context_overflow(request, endpoint.max_model_len)) is not None:
+        raise endpoint.error(f"{problem} (serve with --max-model-len {len(request.input_ids) + MAX_NEW_TOKENS} "
+                             "or more)")
 
 
 def _read_queue(requests: queue.Queue, loop: asyncio.AbstractEventLoop, arrivals: asyncio.Queue,
@@ -345,14 +356,24 @@ def _run_sync(work: Callable[[aiohttp.ClientSession], Awaitable[T]], connections
     return asyncio.run(run())
 
 
-def served_model_name(servers: Sequence[str], model_name: str | None = None,
-                      timeout_s: float | None = None) -> str:
+@dataclass(frozen=True)
+class ServedModel:
+    """The servers of a run and the model they serve, their max_model_len known (one GET /models
+    each)."""
+
+    endpoints: list[Endpoint]
+    model: str
+
+
+def find_served_model(servers: Sequence[str], model_name: str | None = None,
+                      timeout_s: float | None = None) -> ServedModel:
     """The model the flags select on these servers (--api-model-name, or the only one served);
     raises EndpointError naming the server that cannot serve it or does not answer within
     timeout_s (default: startup_timeout_s()), ValueError for a bad URL."""
     timeout_s = startup_timeout_s() if timeout_s is None else timeout_s
     endpoints = [Endpoint(url) for url in servers]
-    return _run_sync(lambda session: _resolve(endpoints, model_name, session, timeout_s), len(endpoints))
+    model = _run_sync(lambda session: _resolve(endpoints, model_name, session, timeout_s), len(endpoints))
+    return ServedModel(endpoints, model)
 
 
 def raise_open_files_limit(needed: int) -> None:
@@ -366,7 +387,7 @@ def raise_open_files_limit(needed: int) -> None:
 
 
 def check_api_flags(backend: str, servers: Sequence[str] | None, model_name: str | None) -> None:
-    """The endpoint flags, before anything starts; ValueError naming the flag."""
+    """The --backend openai flags, before anything starts; ValueError naming the flag."""
     if backend != "openai":
         if servers or model_name:
             raise ValueError("--api-server and --api-model-name are for --backend openai")
@@ -379,17 +400,19 @@ def check_api_flags(backend: str, servers: Sequence[str] | None, model_name: str
 
 
 def build_openai_backend(servers: Sequence[str], model_name: str | None = None,
-                         concurrency: int = DEFAULT_CONCURRENCY, timeout_s: float | None = None) -> OpenAIBackend:
+                         concurrency: int = DEFAULT_CONCURRENCY, timeout_s: float | None = None,
+                         served: ServedModel | None = None) -> OpenAIBackend:
     """Check every server before the run (reachable, serves the model, streams token ids, each
     request answered within timeout_s, default startup_timeout_s()) and return the backend over
-    all of them. Raises EndpointError or ValueError, one line each."""
+    all of them. served: what find_served_model already found for these flags (its model list is
+    not asked for again). Raises EndpointError or ValueError, one line each."""
     check_api_flags("openai", servers, model_name)
     timeout_s = startup_timeout_s() if timeout_s is None else timeout_s
-    endpoints = [Endpoint(url) for url in servers]
+    endpoints = served.endpoints if served is not None else [Endpoint(url) for url in servers]
     raise_open_files_limit(concurrency * len(endpoints) + FILES_PER_PROCESS)
 
     async def check(session: aiohttp.ClientSession) -> str:
-        model = await _resolve(endpoints, model_name, session, timeout_s)
+        model = served.model if served is not None else await _resolve(endpoints, model_name, session, timeout_s)
         await asyncio.gather(*(answered_within(e, timeout_s, "start-up check", _probe(e, model, session))
                                for e in endpoints))
         return model

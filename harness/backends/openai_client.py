@@ -1,4 +1,4 @@
-"""One OpenAI-compatible completions server, as the endpoint backend talks to it (aiohttp, streaming).
+"""One OpenAI-compatible completions server, as the OpenAI backend talks to it (aiohttp, streaming).
 
 Prompts go out as token ids and answers come back as the model's own token ids (vLLM's
 `return_token_ids`), so nothing is tokenized or detokenized on either side. Every failure becomes

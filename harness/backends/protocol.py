@@ -1,4 +1,5 @@
-"""What every generation backend (HuggingFace, vLLM) offers the SUT.
+"""What every generation backend (HuggingFace static and in-flight, vLLM, OpenAI-compatible servers)
+offers the SUT, and the rules they share.
 
 A backend turns token-id prompts into raw generated ids (greedy, min 2 / max 1024 new tokens,
 the request's stop ids honoured). Post-processing, journaling and loadgen calls stay in the SUT,
@@ -12,11 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from harness.postprocess import strip_trailing
+from harness.tokenizer import BOS_ID as BOS_ID  # re-exported: the id every prompt starts with
 from harness.tokenizer import EOS_ID as EOS_ID  # re-exported: the id every backend pads and stops with
 
 MIN_NEW_TOKENS = 2
 MAX_NEW_TOKENS = 1024
 MAX_PROMPT_TOKENS = 2048  # the dataset's longest prompt; the engines' context is sized for it plus an answer
+MAX_SEQUENCE_TOKENS = MAX_PROMPT_TOKENS + MAX_NEW_TOKENS  # the context the engines hold
 MBXP_STOP_IDS = (13, 13940, 28832, 13)  # "\n```\n"
 IDLE_POLL_S = 0.2  # how often a backend loop waiting for work looks at abort()
 # warm_up()'s prompt: synthetic ids, not a dataset row (the benchmark's samples are seen only in
@@ -39,6 +43,42 @@ class GenerationRequest:
     input_ids: Sequence[int]
     stop_ids: tuple[int, ...] = ()
     query_id: int = 0  # loadgen's response id; 0 outside loadgen
+
+
+def context_overflow(request: GenerationRequest, max_model_len: int | None) -> str | None:
+    """None when the prompt plus MAX_NEW_TOKENS fits in max_model_len (None: not known, taken as
+    fitting); else the line that says so. A prompt that does not fit would get fewer than
+    MAX_NEW_TOKENS new tokens, silently, so the engines refuse it."""
+    needed = len(request.input_ids) + MAX_NEW_TOKENS
+    if max_model_len is None or needed <= max_model_len:
+        return None
+    return (f"sample {request.qsl_index}: {len(request.input_ids)} input + {MAX_NEW_TOKENS} new tokens exceed "
+            f"max_model_len {max_model_len}")
+
+
+@dataclass
+class PaddingStats:
+    """Real tokens against the slots a static batch computes (prompt padding, finished rows)."""
+
+    prompt_tokens: int = 0
+    prompt_slots: int = 0
+    generated_tokens: int = 0
+    generated_slots: int = 0
+
+    def add(self, prompt_lengths: Sequence[int], width: int, answers: Sequence[Sequence[int]]) -> None:
+        self.prompt_tokens += sum(prompt_lengths)
+        self.prompt_slots += width * len(prompt_lengths)
+        self.generated_tokens += sum(len(strip_trailing(a)) for a in answers)
+        self.generated_slots += max((len(a) for a in answers), default=0) * len(answers)
+
+
+@dataclass(frozen=True)
+class BackendStats:
+    """What the benchmarks report of a backend, beyond loadgen's figures; None where the engine
+    keeps no such counter."""
+
+    padding: PaddingStats | None = None  # static batches (hf static)
+    requests_per_server: dict[str, int] | None = None  # OpenAI-compatible servers: how the load was spread
 
 
 FirstTokenHandler = Callable[[GenerationRequest, int], None]
@@ -82,6 +122,10 @@ class GenerationBackend(Protocol):
         ends: running generate() and serve() calls return promptly, without handing over the
         requests they had not finished. Called from another thread (Ctrl-C); idempotent; the
         backend is not used again afterwards."""
+        ...
+
+    def stats(self) -> BackendStats:
+        """The counters the benchmarks report (a copy, taken now)."""
         ...
 
     def close(self) -> None:

@@ -2,38 +2,31 @@
 
 The engine gets token ids only (the dataset's tok_input is the reference tokenization; vLLM never
 tokenizes text here), greedy sampling with min 2 / max 1024 new tokens and EOS as a stop token.
-vLLM has no token-sequence stop, so the MBXP stop ids are matched in our own step loop, and the
-request is aborted as soon as its generated ids contain them. Every handler runs on the thread
-that drives the loop, which keeps a sample's FirstTokenComplete and QuerySamplesComplete on one
-thread as loadgen requires.
+The step loop is streaming.py's, shared with hf_inflight.py: vLLM has no token-sequence stop, so
+the MBXP stop ids are matched there and the request is aborted as soon as its generated ids
+contain them. Every handler runs on the thread that drives the loop, which keeps a sample's
+FirstTokenComplete and QuerySamplesComplete on one thread as loadgen requires.
 
 vLLM is imported lazily: the harness and its HF backend work without it installed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
-import queue
-import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from harness.backends.protocol import (
     EOS_ID,
-    IDLE_POLL_S,
     MAX_NEW_TOKENS,
-    MAX_PROMPT_TOKENS,
+    MAX_SEQUENCE_TOKENS,
     MIN_NEW_TOKENS,
     WARM_UP_NEW_TOKENS,
     WARM_UP_PROMPT,
-    DoneHandler,
-    FirstTokenHandler,
     GenerationRequest,
+    context_overflow,
 )
-from harness.postprocess import find_stop_end
+from harness.backends.streaming import EngineOutput, StreamingBackend
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -41,20 +34,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_MODEL_LEN = MAX_PROMPT_TOKENS + MAX_NEW_TOKENS
+DEFAULT_MAX_MODEL_LEN = MAX_SEQUENCE_TOKENS
 
 
-@dataclass
-class _InFlight:
-    request: GenerationRequest
-    ids: list[int] = field(default_factory=list)
-
-
-class VllmBackend:
+class VllmBackend(StreamingBackend):
     """One vLLM engine. generate() and serve() drive its step loop on the calling thread; threads
     sharing one engine take turns (one loop at a time)."""
 
-    continuous_batching = True  # the engine schedules: give it everything at once
+    cumulative_outputs = False  # RequestOutputKind.DELTA: each output holds only the step's new ids
 
     def __init__(
         self,
@@ -82,6 +69,7 @@ class VllmBackend:
         from vllm.v1.engine.llm_engine import LLMEngine
         from vllm.v1.executor import Executor
 
+        super().__init__()
         self.max_model_len = max_model_len
         args = EngineArgs(
             model=model_path,
@@ -111,49 +99,8 @@ class VllmBackend:
         )
         self.max_in_flight = config.scheduler_config.max_num_seqs  # sequences one engine step can batch
         self._params = _greedy_params()
-        self._in_flight: dict[str, _InFlight] = {}
-        self._loop = threading.Lock()
-        self._aborted = threading.Event()
-        self._ids = itertools.count()
         logger.info("vLLM engine ready: %s, %s, tp=%d, devices=%s", model_path, dtype, tensor_parallel_size,
                     device_ids if device_ids is not None else "default")
-
-    def generate(
-        self,
-        requests: Sequence[GenerationRequest],
-        on_first_token: FirstTokenHandler | None = None,
-        on_done: DoneHandler | None = None,
-    ) -> list[list[int]]:
-        """All requests go to the engine at once; it batches them continuously."""
-        for request in requests:
-            self._check_fits(request)
-        answers: list[list[int]] = [[] for _ in requests]
-        with self._loop, self._abort_on_exit():
-            order = {self._add(request): position for position, request in enumerate(requests)}
-            while self._in_flight and not self._aborted.is_set():
-                for request_id, state in self._step(on_first_token):
-                    answers[order[request_id]] = state.ids
-                    if on_done is not None:
-                        on_done(state.request, state.ids)
-        return answers
-
-    def serve(
-        self,
-        requests: queue.Queue[GenerationRequest | None],
-        on_first_token: FirstTokenHandler,
-        on_done: DoneHandler,
-    ) -> None:
-        """Take arrivals between engine steps until None, then finish what is in flight.
-        Several serving threads (replicas) may share one queue: put one None per thread.
-        Anything after the None this loop took is left in the queue."""
-        closing = False
-        with self._loop, self._abort_on_exit():
-            while (not closing or self._in_flight) and not self._aborted.is_set():
-                if not closing:
-                    closing = self._take_arrivals(requests, wait=not self._in_flight)
-                if self._in_flight:
-                    for _, state in self._step(on_first_token):
-                        on_done(state.request, state.ids)
 
     def warm_up(self) -> None:
         from vllm.inputs import TokensPrompt
@@ -165,84 +112,34 @@ class VllmBackend:
             while self._engine.has_unfinished_requests():
                 self._engine.step()
 
-    def abort(self) -> None:
-        self._aborted.set()
-
     def close(self) -> None:
         """Stop the engine's worker processes."""
         self._engine.engine_core.shutdown()
 
-    @contextlib.contextmanager
-    def _abort_on_exit(self) -> Iterator[None]:
-        """If a loop ends early (abort(), a handler raised, the engine died), drop its requests from
-        the engine, so a later call starts clean; the caller fails the samples it did not complete."""
-        try:
-            yield
-        finally:
-            if self._in_flight:
-                with contextlib.suppress(Exception):  # the engine itself may be what failed
-                    self._engine.abort_request(list(self._in_flight))
-                self._in_flight.clear()
-
-    def _check_fits(self, request: GenerationRequest) -> None:
-        needed = len(request.input_ids) + MAX_NEW_TOKENS
-        if needed > self.max_model_len:
-            raise ValueError(
-                f"sample {request.qsl_index}: {len(request.input_ids)} input + {MAX_NEW_TOKENS} new tokens exceed "
-                f"max_model_len {self.max_model_len}; raise max_model_len to at least {needed}")
-
-    def _take_arrivals(self, requests: queue.Queue[GenerationRequest | None], wait: bool) -> bool:
-        """Add the waiting requests up to the engine's batch capacity (block for the first one when
-        idle, so an idle loop costs nothing); True once None was taken. The cap leaves the rest of
-        a shared queue to the other replicas."""
-        block = wait
-        while len(self._in_flight) < self.max_in_flight:
-            try:
-                # An idle wait wakes now and then to notice abort().
-                item = requests.get(block=block, timeout=IDLE_POLL_S if block else None)
-            except queue.Empty:
-                return False
-            if item is None:
-                return True
-            self._check_fits(item)
-            self._add(item)
-            block = False
-        return False
-
-    def _add(self, request: GenerationRequest) -> str:
+    # --- the engine's part of the streaming loop ---------------------------------------------
+    def _submit(self, request_id: str, request: GenerationRequest, streaming: bool) -> None:
         from vllm.inputs import TokensPrompt
 
-        request_id = f"{request.qsl_index}-{next(self._ids)}"
         # Plain ints: the dataset holds numpy int32 arrays, which the engine's IPC cannot encode.
         prompt = TokensPrompt(prompt_token_ids=[int(t) for t in request.input_ids])
         self._engine.add_request(request_id, prompt, self._params)
-        self._in_flight[request_id] = _InFlight(request)
-        return request_id
 
-    def _step(self, on_first_token: FirstTokenHandler | None) -> list[tuple[str, _InFlight]]:
-        """One engine step: stream first tokens, apply the stop ids, return the finished requests."""
-        finished = []
+    def _outputs(self, timeout: float | None) -> Iterator[EngineOutput]:
+        """One engine step (it takes as long as it takes: `timeout` is not needed)."""
         for output in self._engine.step():
-            state = self._in_flight.get(output.request_id)
-            if state is None:  # a request we already stopped and aborted
-                continue
-            new_ids = output.outputs[0].token_ids
-            if not new_ids and not output.finished:
-                continue
-            if not state.ids and new_ids and on_first_token is not None:
-                on_first_token(state.request, new_ids[0])
-            seen = len(state.ids)
-            state.ids.extend(new_ids)
-            stop_end = find_stop_end(state.ids, state.request.stop_ids, start=seen)
-            if stop_end is not None:
-                # The reference keeps the stop ids and generates nothing useful after them.
-                del state.ids[stop_end:]
-                if not output.finished:
-                    self._engine.abort_request([output.request_id])
-            if output.finished or stop_end is not None:
-                del self._in_flight[output.request_id]
-                finished.append((output.request_id, state))
-        return finished
+            yield EngineOutput(output.request_id, output.outputs[0].token_ids, output.finished)
+
+    def _cancel(self, request_ids: list[str]) -> None:
+        self._engine.abort_request(request_ids)
+
+    def _check_request(self, request: GenerationRequest) -> None:
+        if (problem := context_overflow(request, self.max_model_len)) is not None:
+            raise ValueError(f"{problem}; raise max_model_len to at least {len(request.input_ids) + MAX_NEW_TOKENS}")
+
+    def _arrival_capacity(self) -> int:
+        """The engine's batch: replicas share one queue, and what one engine cannot batch now is
+        left to the others."""
+        return self.max_in_flight
 
 
 def _greedy_params() -> SamplingParams:
@@ -262,6 +159,15 @@ def _greedy_params() -> SamplingParams:
     )
 
 
+def check_replicas(replicas: int, distributed_executor_backend: str | None) -> None:
+    """The replica rules, before anything starts; ValueError naming the flag."""
+    if replicas < 1:
+        raise ValueError(f"--replicas must be at least 1, got {replicas}")
+    if replicas > 1 and distributed_executor_backend == "ray":
+        raise ValueError("--replicas > 1 places engines on local GPUs; with Ray (--distributed-executor-backend ray) "
+                         "use one replica (tensor parallel across nodes, see docs/vllm.md) or run one harness per node")
+
+
 def build_vllm_backends(
     model_path: str,
     dtype: str = "bfloat16",
@@ -273,13 +179,9 @@ def build_vllm_backends(
     [r*g, (r+1)*g) of the visible ones, each engine core in its own process (vLLM binds a process
     to one device set). The SUT feeds them from one queue, one serving thread per engine.
     options: VllmBackend keywords."""
-    if replicas < 1:
-        raise ValueError(f"--replicas must be at least 1, got {replicas}")
+    check_replicas(replicas, options.get("distributed_executor_backend"))
     if replicas == 1:
         return [VllmBackend(model_path, dtype, tensor_parallel_size, **options)]
-    if options.get("distributed_executor_backend") == "ray":
-        raise ValueError("--replicas > 1 places engines on local GPUs; with Ray use one replica "
-                         "(tensor parallel across nodes) or run one harness per node")
     if options.get("multiprocess") is False:
         raise ValueError("replicas > 1 need multiprocess=True: each engine core must be its own process")
     gpus = tensor_parallel_size * options.get("pipeline_parallel_size", 1)
