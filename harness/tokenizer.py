@@ -3,7 +3,7 @@
 Two jobs: build a HuggingFace fast tokenizer whose ids equal the reference tokenization, and
 decode ids exactly as the reference's slow (sentencepiece) tokenizer did. transformers 5.x
 rebuilds Llama tokenizers in a way that loses ids, so neither job may rely on AutoTokenizer
-reading a checkpoint folder (see shared/specs/offline-assets.md).
+reading a checkpoint folder.
 """
 
 from __future__ import annotations

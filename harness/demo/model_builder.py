@@ -23,7 +23,7 @@ TRAIN_THREADS = 1  # fixed, so the build gives the same weights on any machine; 
 
 
 def tiny_mixtral_config() -> MixtralConfig:
-    # head_dim 64: vLLM's CPU attention rejects smaller heads (shared/specs/offline-assets.md).
+    # head_dim 64: vLLM's CPU attention rejects smaller heads (16 fails, 64 works).
     return MixtralConfig(
         vocab_size=32000, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, head_dim=64, num_local_experts=8, num_experts_per_tok=2,
