@@ -20,7 +20,6 @@ from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteri
 from harness.backends.protocol import (
     BOS_ID,
     EOS_ID,
-    IDLE_POLL_S,
     MAX_NEW_TOKENS,
     MIN_NEW_TOKENS,
     WARM_UP_NEW_TOKENS,
@@ -31,6 +30,7 @@ from harness.backends.protocol import (
     GenerationRequest,
     PaddingStats,
 )
+from harness.backends.streaming import take_waiting
 
 log = logging.getLogger(__name__)
 
@@ -198,25 +198,10 @@ class HFBackend:
         """Batch whatever queries are waiting (up to batch_size) into one generate; queries that
         arrive meanwhile wait for the next batch."""
         while not self._aborted.is_set():
-            try:
-                first = requests.get(timeout=IDLE_POLL_S)
-            except queue.Empty:
-                continue
-            if first is None:
-                return
-            batch = [first]
-            finished = False
-            while len(batch) < self.batch_size:
-                try:
-                    item = requests.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    finished = True
-                    break
-                batch.append(item)
-            self.generate(batch, on_first_token, on_done)
-            if finished:
+            batch, closing = take_waiting(requests, wait=True, limit=self.batch_size)
+            if batch:
+                self.generate(batch, on_first_token, on_done)
+            if closing:
                 return
 
     @torch.inference_mode()

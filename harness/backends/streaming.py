@@ -6,7 +6,8 @@ completion on one thread, as loadgen requires. Neither engine has a token-sequen
 MBXP stop ids are matched here as the ids arrive, and the request is cancelled in the engine as
 soon as its ids contain them (the reference keeps the stop ids and generates nothing useful after
 them). An engine module says only what is its own: how to add a request, how to read its outputs,
-how to cancel requests and how to tell that the engine still runs.
+how to cancel requests and how to tell that the engine still runs. take_waiting, the Server
+queue's reading, serves the static batches of hf_static.py too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,25 @@ from harness.backends.protocol import (
     GenerationRequest,
 )
 from harness.postprocess import find_stop_end
+
+
+def take_waiting(requests: queue.Queue[GenerationRequest | None], wait: bool,
+                 limit: int | None = None) -> tuple[list[GenerationRequest], bool]:
+    """The Server queue's waiting requests, at most `limit` (None: no bound), up to its None; and
+    whether the None was taken. wait: block for the first one, up to IDLE_POLL_S, so that an idle
+    loop costs nothing and still wakes now and then to notice abort(). Anything after the None
+    stays in the queue (several serving threads may share one queue, one None each)."""
+    taken: list[GenerationRequest] = []
+    while limit is None or len(taken) < limit:
+        try:
+            item = requests.get(timeout=IDLE_POLL_S) if wait else requests.get_nowait()
+        except queue.Empty:
+            return taken, False
+        if item is None:
+            return taken, True
+        taken.append(item)
+        wait = False
+    return taken, False
 
 
 @dataclass
@@ -144,21 +164,15 @@ class StreamingBackend:
 
     def _take_arrivals(self, requests: queue.Queue[GenerationRequest | None], wait: bool) -> bool:
         """Add the waiting requests, up to _arrival_capacity() in flight (block for the first one
-        when idle, so an idle loop costs nothing); True once None was taken. The bound leaves the
-        rest of a shared queue to the other replicas."""
+        when idle); True once None was taken. The bound leaves the rest of a shared queue to the
+        other replicas."""
         capacity = self._arrival_capacity()
-        while capacity is None or len(self._in_flight) < capacity:
-            try:
-                # An idle wait wakes now and then to notice abort().
-                item = requests.get(timeout=IDLE_POLL_S) if wait else requests.get_nowait()
-            except queue.Empty:
-                return False
-            if item is None:
-                return True
-            self._check_request(item)
-            self._add(item, streaming=True)
-            wait = False
-        return False
+        room = None if capacity is None else max(capacity - len(self._in_flight), 0)
+        arrived, closing = take_waiting(requests, wait, room)
+        for request in arrived:
+            self._check_request(request)
+            self._add(request, streaming=True)
+        return closing
 
     def _add(self, request: GenerationRequest, streaming: bool) -> str:
         request_id = f"{request.qsl_index}-{next(self._ids)}"
