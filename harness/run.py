@@ -240,7 +240,7 @@ class RunOutcome:
     config: RunConfig
     demo: bool
     sut: object
-    backends: list
+    backends: list[GenerationBackend]
     detail: dict
     wall_seconds: float
     workers_ended: bool
