@@ -90,6 +90,19 @@ class _ProcessorList(ContinuousBatchingLogitsProcessorList):
         self.tensors_required = len(processors)
 
 
+class _WithoutTraceback(logging.Filter):
+    """The engine logs a failure with its traceback; this module raises it again, and the run
+    reports it in one line: the engine's line is kept, its traceback wall is not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+_WITHOUT_TRACEBACK = _WithoutTraceback()
+
+
 @dataclass
 class _InFlight:
     request: GenerationRequest
@@ -124,7 +137,9 @@ class HFInflightBackend:
             raise ValueError(f"in-flight batching needs the model on one device, not spread over {devices}: "
                              "use --device cuda:N, or --batching static")
         # Its INFO lines (thread start and stop) would follow the harness's logging level.
-        logging.getLogger("ContinuousBatchingLogger").setLevel(logging.WARNING)
+        engine_logger = logging.getLogger("ContinuousBatchingLogger")
+        engine_logger.setLevel(logging.WARNING)
+        engine_logger.addFilter(_WITHOUT_TRACEBACK)
         generation_config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
                                              eos_token_id=EOS_ID, pad_token_id=EOS_ID, bos_token_id=1)
         self.max_new_tokens = max_new_tokens
@@ -189,6 +204,8 @@ class HFInflightBackend:
                     or not output.is_finished():
                 if output is None:
                     self._check_engine()
+            if output.error is not None:
+                raise RuntimeError(output.error)
 
     def abort(self) -> None:
         self._aborted.set()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import mlperf_loadgen as lg
 
-from harness.backend import MAX_PROMPT_TOKENS, GenerationBackend
+from harness.backend import MAX_PROMPT_TOKENS, WARM_UP_PROMPT, GenerationBackend
 from harness.endpoint import EndpointError
 from harness.interrupts import run_interruptible, signal_name
 from harness.openai_backend import DEFAULT_CONCURRENCY, build_openai_backend, check_api_flags, served_model_name
@@ -384,8 +384,7 @@ def execute_in_own_folder(config: RunConfig, backends: list[GenerationBackend] |
     owned = backends is None
     backends = backends or build_backends(config)
     try:
-        for backend in backends:
-            backend.warm_up()
+        warm_up(backends)
         sut_class = OfflineSUT if config.scenario == "Offline" else ServerSUT
         extra = {"sort_by_length": config.sort_by_length} if config.scenario == "Offline" else {}
         sut = sut_class(dataset, backends, num_workers=config.num_workers, batch_size=config.batch_size or 1,
@@ -408,6 +407,15 @@ def execute_in_own_folder(config: RunConfig, backends: list[GenerationBackend] |
     detail_path = config.output_log_dir / "mlperf_log_detail.txt"
     detail = read_detail_log(detail_path) if detail_path.is_file() else {}
     return RunOutcome(config, demo, sut, backends, detail, wall_seconds, workers_ended, interrupted_by)
+
+
+def warm_up(backends: list[GenerationBackend]) -> None:
+    try:
+        for backend in backends:
+            backend.warm_up()
+    except Exception as exc:  # a model or engine that cannot generate at all: nothing has run yet
+        raise UsageError(f"the engine failed its warm-up generation ({len(WARM_UP_PROMPT)} prompt ids): "
+                         f"{type(exc).__name__}: {exc}") from None
 
 
 def stop_on_signal(sut: object, signum: int) -> None:

@@ -85,6 +85,15 @@ def test_generation_raising_in_a_worker_fails_the_run(tmp_path, demo_assets, sce
         "every sample completed"
 
 
+def test_a_model_that_cannot_generate_fails_its_warm_up_in_one_line(tmp_path):
+    # The warm-up prompt's ids lie beyond this model's 50-row embedding.
+    model = random_tiny_mixtral(tmp_path / "tiny_vocab", vocab_size=50)
+    result = run_main("--model-path", model, "--output-log-dir", str(tmp_path / "logs"), cwd=tmp_path, timeout=QUICK)
+    assert result.returncode == 2
+    assert_one_line_error(result, "warm-up generation", "index out of range")
+    assert not (tmp_path / "logs" / "mlperf_log_summary.txt").exists(), "no test was started"
+
+
 def test_watchdog_ends_a_stalled_run(tmp_path, demo_assets):
     # A random model never says EOS: its batch runs to 1,024 tokens, far past a 1 s watchdog.
     model = random_tiny_mixtral(tmp_path / "random", vocab_size=32000)
