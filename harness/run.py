@@ -23,7 +23,7 @@ import mlperf_loadgen as lg
 
 from harness.backends.factory import build_backends, check_backend_flags, check_prompt_lengths, served_model
 from harness.backends.openai_api import DEFAULT_CONCURRENCY, ServedModel
-from harness.backends.protocol import GenerationBackend
+from harness.backends.protocol import WARM_UP_PROMPT, GenerationBackend
 from harness.errors import UsageError
 from harness.interrupts import run_interruptible, signal_name
 from harness.output_dirs import OutputDirError, ensure_writable_dir, exclusive_use
@@ -307,8 +307,7 @@ def execute_in_own_folder(config: RunConfig, backends: list[GenerationBackend] |
     owned = backends is None
     backends = backends or build_backends(config, served)
     try:
-        for backend in backends:
-            backend.warm_up()
+        warm_up(backends)
         sut_class = OfflineSUT if config.scenario == "Offline" else ServerSUT
         extra = {"sort_by_length": config.sort_by_length} if config.scenario == "Offline" else {}
         sut = sut_class(dataset, backends, num_workers=config.num_workers, batch_size=config.batch_size or 1,
@@ -331,6 +330,15 @@ def execute_in_own_folder(config: RunConfig, backends: list[GenerationBackend] |
     detail_path = config.output_log_dir / "mlperf_log_detail.txt"
     detail = read_detail_log(detail_path) if detail_path.is_file() else {}
     return RunOutcome(config, demo, sut, backends, detail, wall_seconds, workers_ended, interrupted_by)
+
+
+def warm_up(backends: list[GenerationBackend]) -> None:
+    try:
+        for backend in backends:
+            backend.warm_up()
+    except Exception as exc:  # a model or engine that cannot generate at all: nothing has run yet
+        raise UsageError(f"the engine failed its warm-up generation ({len(WARM_UP_PROMPT)} prompt ids): "
+                         f"{type(exc).__name__}: {exc}") from None
 
 
 def stop_on_signal(sut: object, signum: int) -> None:

@@ -16,6 +16,8 @@ from harness.evaluation.accuracy_log import (
     read_accuracy_log,
 )
 
+pytestmark = pytest.mark.quick
+
 
 def _entry(qsl_idx: int, ids: list[int], dtype: str = "int32", seq_id: int = 0) -> dict:
     return {"seq_id": seq_id, "qsl_idx": qsl_idx, "data": encode_entry_data(ids, dtype), "token_count": len(ids)}

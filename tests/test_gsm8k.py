@@ -9,6 +9,8 @@ import pytest
 
 from harness.evaluation.gsm8k import extract_answer, gsm8k_accuracy, is_correct, is_number
 
+pytestmark = pytest.mark.quick
+
 DATA = Path(__file__).parent / "data" / "gsm8k" / "train_items.jsonl"
 
 

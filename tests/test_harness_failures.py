@@ -27,6 +27,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
         assert fragment in last, last
 
 
+@pytest.mark.quick
 def test_missing_dataset_file(tmp_path):
     missing = tmp_path / "nope.pkl"
     result = run_main("--dataset-path", str(missing), "--output-log-dir", str(tmp_path), cwd=tmp_path, timeout=QUICK)
@@ -56,17 +57,20 @@ def test_non_integer_tokens(tmp_path, demo_assets):
     assert_one_line_error(result, str(bad), "row 3", "tok_input")
 
 
+@pytest.mark.quick
 def test_missing_user_conf(tmp_path):
     missing = tmp_path / "user.conf"
     result = run_main("--user-conf", str(missing), "--output-log-dir", str(tmp_path), cwd=tmp_path, timeout=QUICK)
     assert_one_line_error(result, str(missing), "--user-conf")
 
 
+@pytest.mark.quick
 def test_bad_scenario(tmp_path):
     result = run_main("--scenario", "SingleStream", cwd=tmp_path, timeout=QUICK)
     assert_one_line_error(result, "--scenario", "invalid choice")
 
 
+@pytest.mark.quick
 def test_resume_needs_accuracy_mode(tmp_path):
     result = run_main("--resume", cwd=tmp_path, timeout=QUICK)
     assert_one_line_error(result, "--resume")
@@ -83,6 +87,15 @@ def test_generation_raising_in_a_worker_fails_the_run(tmp_path, demo_assets, sce
     assert "index out of range" in result.stderr.strip().splitlines()[-1]
     assert len(accuracy_entries(tmp_path / "logs")) == len(pd.read_pickle(demo_assets.dataset_path)), \
         "every sample completed"
+
+
+def test_a_model_that_cannot_generate_fails_its_warm_up_in_one_line(tmp_path):
+    # The warm-up prompt's ids lie beyond this model's 50-row embedding.
+    model = random_tiny_mixtral(tmp_path / "tiny_vocab", vocab_size=50)
+    result = run_main("--model-path", model, "--output-log-dir", str(tmp_path / "logs"), cwd=tmp_path, timeout=QUICK)
+    assert result.returncode == 2
+    assert_one_line_error(result, "warm-up generation", "index out of range")
+    assert not (tmp_path / "logs" / "mlperf_log_summary.txt").exists(), "no test was started"
 
 
 def test_watchdog_ends_a_stalled_run(tmp_path, demo_assets):
@@ -234,6 +247,7 @@ def test_resume_names_a_corrupt_journal_file(tmp_path, demo_journal):
     assert_one_line_error(result, str(corrupt), "corrupt run_outputs batch file", "found str 'one'")
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("folder", ["/proc/self", "/proc/self/nested", "a-file"])
 def test_unusable_output_log_dir_is_reported_before_any_work(tmp_path, folder):
     if folder == "a-file":
@@ -297,6 +311,7 @@ def test_resume_refuses_a_journal_without_a_run_record_unless_told(tmp_path, dem
     assert answers_by_index(demo_journal)[0] == [330, 2], "the journaled answer was reused"
 
 
+@pytest.mark.quick
 def test_resume_unverified_needs_resume(tmp_path):
     result = run_main("--accuracy", "--resume-unverified", "--output-log-dir", str(tmp_path), cwd=tmp_path,
                       timeout=QUICK)
@@ -356,6 +371,7 @@ runpy.run_path({main!r}, run_name="__main__")
 """
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("module,signum,code",
                          [("aiohttp", signal.SIGTERM, 143), ("mlperf_loadgen", signal.SIGINT, 130)])
 def test_a_signal_while_main_imports_is_one_line(tmp_path, module, signum, code):

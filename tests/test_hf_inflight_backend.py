@@ -68,7 +68,6 @@ def test_answers_equal_static_generate_on_every_demo_row(inflight, requests_, st
 def test_warm_up_leaves_the_engine_answering_as_before(inflight, requests_, static_answers):
     inflight.warm_up()
     inflight.warm_up()
-    assert inflight.manager.get_result(timeout=0) is None, "the warm-up's outputs were all taken"
     answers = inflight.generate(requests_[:4])
     assert [postprocess_output(a, r.stop_ids) for a, r in zip(answers, requests_, strict=False)] == static_answers[:4]
 

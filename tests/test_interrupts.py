@@ -10,6 +10,8 @@ import pytest
 
 from harness.interrupts import run_interruptible
 
+pytestmark = pytest.mark.quick
+
 HANG_GUARD_S = 60  # only a hang gets near this
 
 

@@ -3,6 +3,8 @@ import pytest
 from harness.evaluation.mbxp import MbxpTask, parse_mbxp_id
 from harness.evaluation.mbxp.programs import assemble_program, clean_response
 
+pytestmark = pytest.mark.quick
+
 
 def test_id_split_at_first_underscore():
     assert parse_mbxp_id("cpp_zipTuples") == ("cpp", "zipTuples")

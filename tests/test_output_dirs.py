@@ -6,6 +6,8 @@ import pytest
 
 from harness.output_dirs import OutputDirError, ensure_writable_dir
 
+pytestmark = pytest.mark.quick
+
 
 def test_missing_folders_are_created_and_left_empty(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b"

@@ -1,5 +1,9 @@
+import pytest
+
 from harness.backends.protocol import MBXP_STOP_IDS
 from harness.postprocess import cut_after_stop, find_stop_end, postprocess_output, strip_trailing
+
+pytestmark = pytest.mark.quick
 
 STOP = list(MBXP_STOP_IDS)
 

@@ -14,6 +14,8 @@ from rouge_score import rouge_scorer
 from harness.evaluation.rouge import ROUGE_TYPES, rouge_pair, rouge_pairs, rouge_summary
 from harness.evaluation.sentences import install_punkt_tab, punkt_tab_files, rouge_ready, split_sentences
 
+pytestmark = pytest.mark.quick
+
 WORDS = (
     "the", "cat", "sat", "on", "mat", "dog", "ran", "quickly", "slowly", "over", "under", "bridge", "river",
     "city", "people", "were", "running", "jumped", "apples", "pears", "market", "sells", "sold", "buying",

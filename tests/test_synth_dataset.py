@@ -3,10 +3,13 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from dataset import DATASET_COLUMNS, MixtralDataset
 from harness.backends.protocol import EOS_ID, MBXP_STOP_IDS
 from tools.synth_dataset import PROMPT_PREFIX, SCORED_LANGUAGES, synth_frame
+
+pytestmark = pytest.mark.quick
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,6 +13,8 @@ import pytest
 from harness.evaluation.accuracy_log import encode_entry_data
 from harness.tokenizer import EOS_ID
 
+pytestmark = pytest.mark.quick
+
 ROOT = Path(__file__).resolve().parents[1]
 VERIFIER = ROOT / "compliance" / "TEST06" / "run_verification.py"
 

@@ -84,6 +84,19 @@ class _ProcessorList(ContinuousBatchingLogitsProcessorList):
         self.tensors_required = len(processors)
 
 
+class _WithoutTraceback(logging.Filter):
+    """The engine logs a failure with its traceback; this module raises it again, and the run
+    reports it in one line: the engine's line is kept, its traceback wall is not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+_WITHOUT_TRACEBACK = _WithoutTraceback()
+
+
 def continuous_batching_config(model: torch.nn.Module, max_sequences: int | None) -> ContinuousBatchingConfig:
     """Synchronous steps (the min-new-tokens rule needs each request's exact length when a step is
     prepared). On a GPU transformers sizes the cache from free memory; on the CPU it holds
@@ -114,7 +127,9 @@ class HFInflightBackend(StreamingBackend):
             raise ValueError(f"in-flight batching needs the model on one device, not spread over {devices}: "
                              "use --device cuda:N, or --batching static")
         # Its INFO lines (thread start and stop) would follow the harness's logging level.
-        logging.getLogger("ContinuousBatchingLogger").setLevel(logging.WARNING)
+        engine_logger = logging.getLogger("ContinuousBatchingLogger")
+        engine_logger.setLevel(logging.WARNING)
+        engine_logger.addFilter(_WITHOUT_TRACEBACK)
         super().__init__()
         # min_new_tokens stays unset: MinNewTokensProcessor applies it per request.
         generation_config = greedy_config(max_new_tokens, min_new_tokens=None)
@@ -140,6 +155,8 @@ class HFInflightBackend(StreamingBackend):
                     or not output.is_finished():
                 if output is None:
                     self._check_engine()
+            if output.error is not None:
+                raise RuntimeError(output.error)
 
     def close(self) -> None:
         """Stop the engine's thread at once (it would keep the process alive), dropping whatever
