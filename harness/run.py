@@ -301,6 +301,7 @@ def build_backends(config: RunConfig) -> list[GenerationBackend]:
         # vLLM's CPU build otherwise sizes its KV cache from a GPU-style memory fraction and refuses
         # to start on small machines; 1 GiB holds the demo's batches.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    quiet_resource_tracker()
     from harness.vllm_backend import build_vllm_backends
 
     try:
@@ -309,6 +310,17 @@ def build_backends(config: RunConfig) -> list[GenerationBackend]:
                                    distributed_executor_backend=config.distributed_executor_backend)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def quiet_resource_tracker() -> None:
+    """vLLM leaves shared memory for multiprocessing's resource tracker to remove at exit, which it
+    does, after a UserWarning that would follow the run's last line (its summary, or the one-line
+    error of an interrupted run). The tracker is a process of its own, started when vLLM first
+    needs it, and takes its warning filters from PYTHONWARNINGS."""
+    quiet = "ignore:resource_tracker:UserWarning"
+    current = os.environ.get("PYTHONWARNINGS")
+    if quiet not in (current or "").split(","):
+        os.environ["PYTHONWARNINGS"] = f"{current},{quiet}" if current else quiet
 
 
 @dataclass
