@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -12,12 +15,14 @@ from tests.run_helpers import ROOT, accuracy_entries, answers_by_index, detail, 
 pytest.importorskip("vllm")
 
 # The demo's 2 QPS suits the HF path; vLLM sustains far more, so its Server run is short.
+HANG_GUARD_S = 600  # only a run that does not stop gets near this
 FAST_SERVER_CONF = (ROOT / "user-demo.conf").read_text() + "mixtral-8x7b.Server.target_qps = 20\n"
 
 
 def run_vllm(*flags: str, cwd) -> subprocess.CompletedProcess:
     result = run_main("--backend", "vllm", *flags, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "resource_tracker" not in result.stderr, "the run's last line is the harness's"
     return result
 
 
@@ -67,3 +72,33 @@ def test_test06_passes_our_verifier(tmp_path, fast_conf, scenario):
                              "-o", str(tmp_path / "verify"), "-s", scenario], capture_output=True, text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "TEST06 verification complete" in (tmp_path / "verify" / "TEST06" / "verify_accuracy.txt").read_text()
+
+
+def test_sigterm_while_the_engine_starts_is_one_line_and_leaves_no_process(tmp_path):
+    process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--backend", "vllm", "--output-log-dir",
+                                str(tmp_path / "out")], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = []
+    for line in process.stderr:  # the engine has started its processes and loads the weights
+        seen.append(line)
+        if "Loading safetensors checkpoint shards" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    _, rest = process.communicate(timeout=HANG_GUARD_S)
+    stderr = "".join(seen) + rest
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "error: interrupted by SIGTERM"
+    assert group_ends(process.pid), "the engine's processes end with the run"
+
+
+def group_ends(group: int) -> bool:
+    """Whether every process of the group has ended (the engine's take a moment after the run)."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False

@@ -26,6 +26,17 @@ VLLM_CPU_KVCACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
 VLLM_CPU_KVCACHE_GIB = "1"
 
 
+def quiet_resource_tracker() -> None:
+    """vLLM leaves shared memory for multiprocessing's resource tracker to remove at exit, which it
+    does, after a UserWarning that would follow the run's last line (its summary, or the one-line
+    error of an interrupted run). The tracker is a process of its own, started when vLLM first
+    needs it, and takes its warning filters from PYTHONWARNINGS."""
+    quiet = "ignore:resource_tracker:UserWarning"
+    current = os.environ.get("PYTHONWARNINGS")
+    if quiet not in (current or "").split(","):
+        os.environ["PYTHONWARNINGS"] = f"{current},{quiet}" if current else quiet
+
+
 def check_backend_flags(config: RunConfig) -> None:
     """The backend flags that go together, before any model or dataset is loaded."""
     try:
@@ -104,6 +115,7 @@ def _build_vllm_backends(config: RunConfig, device: str) -> list[GenerationBacke
                          "vllm on GPUs)")
     if device == "cpu":
         os.environ.setdefault(VLLM_CPU_KVCACHE_ENV, VLLM_CPU_KVCACHE_GIB)
+    quiet_resource_tracker()
     from harness.backends.vllm_engine import build_vllm_backends
 
     try:
