@@ -196,14 +196,13 @@ class HFInflightBackend:
 
     def warm_up(self) -> None:
         with self._loop:
-            request_id = self.manager.add_request(list(WARM_UP_PROMPT), request_id="warm-up",
-                                                  max_new_tokens=WARM_UP_NEW_TOKENS)
-            if request_id is None:
-                raise RuntimeError("transformers' continuous batching engine refused a request: it is stopping")
-            while (output := self.manager.get_result(request_id=request_id, timeout=IDLE_POLL_S)) is None \
-                    or not output.is_finished():
+            self._submit(WARM_UP_PROMPT, "warm-up", WARM_UP_NEW_TOKENS, streaming=False)
+            while True:
+                output = self.manager.get_result(request_id="warm-up", timeout=IDLE_POLL_S)
                 if output is None:
                     self._check_engine()
+                elif output.is_finished():
+                    break
             if output.error is not None:
                 raise RuntimeError(output.error)
 
@@ -242,12 +241,15 @@ class HFInflightBackend:
     def _add(self, request: GenerationRequest, streaming: bool) -> str:
         request_id = f"{request.qsl_index}-{next(self._ids)}"
         self._in_flight[request_id] = _InFlight(request)
+        self._submit(request.input_ids, request_id, self.max_new_tokens, streaming)
+        return request_id
+
+    def _submit(self, input_ids: Sequence[int], request_id: str, max_new_tokens: int, streaming: bool) -> None:
         # Plain ints: the dataset holds numpy int32 arrays.
-        accepted = self.manager.add_request([int(t) for t in request.input_ids], request_id=request_id,
-                                            max_new_tokens=self.max_new_tokens, streaming=streaming)
+        accepted = self.manager.add_request([int(t) for t in input_ids], request_id=request_id,
+                                            max_new_tokens=max_new_tokens, streaming=streaming)
         if accepted is None:
             raise RuntimeError("transformers' continuous batching engine refused a request: it is stopping")
-        return request_id
 
     def _drain(self, on_first_token: FirstTokenHandler | None,
                timeout: float) -> list[tuple[str, GenerationRequest, list[int]]]:
