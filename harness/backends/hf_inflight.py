@@ -147,14 +147,13 @@ class HFInflightBackend(StreamingBackend):
 
     def warm_up(self) -> None:
         with self._loop:
-            request_id = self.manager.add_request(list(WARM_UP_PROMPT), request_id="warm-up",
-                                                  max_new_tokens=WARM_UP_NEW_TOKENS)
-            if request_id is None:
-                raise RuntimeError(REFUSED)
-            while (output := self.manager.get_result(request_id=request_id, timeout=IDLE_POLL_S)) is None \
-                    or not output.is_finished():
+            self._add_request(WARM_UP_PROMPT, "warm-up", WARM_UP_NEW_TOKENS, streaming=False)
+            while True:
+                output = self.manager.get_result(request_id="warm-up", timeout=IDLE_POLL_S)
                 if output is None:
                     self._check_engine()
+                elif output.is_finished():
+                    break
             if output.error is not None:
                 raise RuntimeError(output.error)
 
@@ -166,9 +165,13 @@ class HFInflightBackend(StreamingBackend):
 
     # --- the engine's part of the streaming loop ---------------------------------------------
     def _submit(self, request_id: str, request: GenerationRequest, streaming: bool) -> None:
+        self._add_request(request.input_ids, request_id, self.max_new_tokens, streaming)
+
+    def _add_request(self, input_ids: Sequence[int], request_id: str, max_new_tokens: int,
+                     streaming: bool) -> None:
         # Plain ints: the dataset holds numpy int32 arrays.
-        accepted = self.manager.add_request([int(t) for t in request.input_ids], request_id=request_id,
-                                            max_new_tokens=self.max_new_tokens, streaming=streaming)
+        accepted = self.manager.add_request([int(t) for t in input_ids], request_id=request_id,
+                                            max_new_tokens=max_new_tokens, streaming=streaming)
         if accepted is None:
             raise RuntimeError(REFUSED)
 
