@@ -1,7 +1,7 @@
 """What an accuracy run's answers were made from, so that --resume never mixes two runs.
 
 A record has three parts, each compared as a whole: the dataset (its file's sha256), the model
-(a checkpoint's identity, or the served model's name for an endpoint) and the generation settings
+(a checkpoint's identity, or the served model's name for the OpenAI backend) and the generation settings
 that decide answers whatever the backend (greedy, min/max new tokens, EOS, stop ids, dtype).
 """
 

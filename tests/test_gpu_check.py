@@ -49,15 +49,15 @@ def test_tiny_run_writes_every_figure_for_both_hf_batchings(tmp_path):
 
 def test_tiny_run_measures_vllm_in_process_and_behind_its_server(tmp_path):
     pytest.importorskip("vllm")
-    result, stdout = run_tiny(tmp_path, "2", "vllm", "endpoint")  # up to 1,024 tokens each: one batch size
+    result, stdout = run_tiny(tmp_path, "2", "vllm", "openai")  # up to 1,024 tokens each: one batch size
 
-    assert sorted(result["paths"]) == ["endpoint", "vllm"]
-    for name in ("vllm", "endpoint"):
+    assert sorted(result["paths"]) == ["openai", "vllm"]
+    for name in ("vllm", "openai"):
         assert_runs(result["paths"][name], [2], 1024, memory=False)  # the engines run in other processes
         assert result["paths"][name]["max_new_tokens"] == 1024
-    assert result["paths"]["endpoint"]["server"].startswith("http://127.0.0.1:")
+    assert result["paths"]["openai"]["server"].startswith("http://127.0.0.1:")
     table_rows = [line.split() for line in stdout.splitlines()]
-    assert sum(row[:1] == ["endpoint"] for row in table_rows) == 1  # one table row per batch size
+    assert sum(row[:1] == ["openai"] for row in table_rows) == 1  # one table row per batch size
 
 
 def test_real_shapes_are_mixtral_8x7b():

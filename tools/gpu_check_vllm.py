@@ -75,12 +75,12 @@ def vllm_path(args: argparse.Namespace, config: MixtralConfig, prompts: list[lis
             backend.close()
 
 
-def endpoint_path(args: argparse.Namespace, config: MixtralConfig, prompts: list[list[int]], budget_s: float) -> dict:
+def openai_path(args: argparse.Namespace, config: MixtralConfig, prompts: list[list[int]], budget_s: float) -> dict:
     from harness.backends.openai_api import build_openai_backend
     from tools.vllm_server import running_vllm_server
 
     make_room(args.device)
-    with tempfile.TemporaryDirectory(prefix="gpu-check-endpoint-") as folder:
+    with tempfile.TemporaryDirectory(prefix="gpu-check-openai-") as folder:
         model_dir = write_config_folder(config, Path(folder) / "model")
         started = time.perf_counter()
         flags = ["--load-format", "dummy", "--seed", str(args.seed), *(["--enforce-eager"] if args.tiny else [])]

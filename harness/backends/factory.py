@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from harness.backends.openai_api import ServedModel, build_openai_backend, check_api_flags, find_served_model
-from harness.backends.openai_client import EndpointError
+from harness.backends.openai_client import ApiServerError
 from harness.backends.protocol import MAX_PROMPT_TOKENS, GenerationBackend
 from harness.backends.vllm_engine import check_replicas
 from harness.errors import UsageError
@@ -72,7 +72,7 @@ def served_model(config: RunConfig) -> ServedModel | None:
         return None
     try:
         return find_served_model(config.api_server, config.api_model_name)
-    except (EndpointError, ValueError) as exc:
+    except (ApiServerError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -83,7 +83,7 @@ def build_backends(config: RunConfig, served: ServedModel | None = None) -> list
         try:
             return [build_openai_backend(config.api_server, config.api_model_name, config.api_concurrency,
                                          served=served)]
-        except (EndpointError, ValueError) as exc:
+        except (ApiServerError, ValueError) as exc:
             raise UsageError(str(exc)) from None
     from harness.backends.hf_static import resolve_device
 

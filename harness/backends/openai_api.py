@@ -8,7 +8,7 @@ its completion reach loadgen from one thread, as loadgen requires. Threads shari
 take turns, one loop at a time. The MBXP stop ids are matched here, as the in-process backends
 do; on a match the stream is closed, which makes the server abort the request.
 
-Any server failure fails the whole call with one EndpointError (its message names the server);
+Any server failure fails the whole call with one ApiServerError (its message names the server);
 the requests still in flight are cancelled and their streams closed, and the SUT completes the
 samples as failures.
 """
@@ -33,8 +33,8 @@ import aiohttp
 
 from harness.backends.openai_client import (
     API_KEY_ENV,
-    Endpoint,
-    EndpointError,
+    ApiServer,
+    ApiServerError,
     completion_body,
     http_session,
     normalize_url,
@@ -74,11 +74,11 @@ def least_busy(in_flight: Sequence[int], last_pick: Sequence[int]) -> int:
 class Router:
     """Slots on the servers for one event loop: a bound per server, least-busy choice."""
 
-    def __init__(self, endpoints: Sequence[Endpoint], concurrency: int, sent: Counter[str]) -> None:
-        self._endpoints = list(endpoints)
-        self._slots = asyncio.Semaphore(concurrency * len(endpoints))
-        self._in_flight = [0] * len(endpoints)
-        self._last_pick = [-1] * len(endpoints)
+    def __init__(self, api_servers: Sequence[ApiServer], concurrency: int, sent: Counter[str]) -> None:
+        self._api_servers = list(api_servers)
+        self._slots = asyncio.Semaphore(concurrency * len(api_servers))
+        self._in_flight = [0] * len(api_servers)
+        self._last_pick = [-1] * len(api_servers)
         self._picks = itertools.count()
         self._sent = sent
 
@@ -88,7 +88,7 @@ class Router:
         index = least_busy(self._in_flight, self._last_pick)
         self._in_flight[index] += 1
         self._last_pick[index] = next(self._picks)
-        self._sent[self._endpoints[index].url] += 1
+        self._sent[self._api_servers[index].url] += 1
         return index
 
     def release(self, index: int) -> None:
@@ -101,10 +101,10 @@ class OpenAIBackend:
 
     continuous_batching = True  # the servers schedule: give them everything at once
 
-    def __init__(self, endpoints: Sequence[Endpoint], model: str, concurrency: int = DEFAULT_CONCURRENCY) -> None:
+    def __init__(self, api_servers: Sequence[ApiServer], model: str, concurrency: int = DEFAULT_CONCURRENCY) -> None:
         if concurrency < 1:
             raise ValueError(f"--api-concurrency must be at least 1, got {concurrency}")
-        self.endpoints = list(endpoints)
+        self.api_servers = list(api_servers)
         self.model = model
         self.concurrency = concurrency
         self.sent: Counter[str] = Counter()  # requests sent, per server URL
@@ -210,8 +210,8 @@ class OpenAIBackend:
                 return
             self._cancel = lambda: loop.call_soon_threadsafe(task.cancel)
         try:
-            async with http_session(self.concurrency * len(self.endpoints)) as session:
-                await work(session, Router(self.endpoints, self.concurrency, self.sent))
+            async with http_session(self.concurrency * len(self.api_servers)) as session:
+                await work(session, Router(self.api_servers, self.concurrency, self.sent))
         finally:
             with self._state:
                 self._cancel = None
@@ -220,13 +220,13 @@ class OpenAIBackend:
                       on_first_token: FirstTokenHandler | None) -> list[int]:
         """One answer, streamed from the least-busy server: raw ids, cut right after the stop ids."""
         index = await router.acquire()
-        endpoint = self.endpoints[index]
+        api_server = self.api_servers[index]
         try:
             label = f"sample {request.qsl_index}"
-            check_fits(endpoint, request)
+            check_fits(api_server, request)
             body = completion_body(self.model, request.input_ids, MAX_NEW_TOKENS, MIN_NEW_TOKENS)
             ids: list[int] = []
-            async with contextlib.aclosing(endpoint.stream_ids(session, body, label)) as stream:
+            async with contextlib.aclosing(api_server.stream_ids(session, body, label)) as stream:
                 async for new_ids in stream:
                     if not ids and on_first_token is not None:
                         on_first_token(request, new_ids[0])
@@ -242,10 +242,10 @@ class OpenAIBackend:
             router.release(index)
 
 
-def check_fits(endpoint: Endpoint, request: GenerationRequest) -> None:
+def check_fits(api_server: ApiServer, request: GenerationRequest) -> None:
     """Refuse a prompt the server would silently give fewer than MAX_NEW_TOKENS new tokens."""
-    if (problem := context_overflow(request, endpoint.max_model_len)) is not None:
-        raise endpoint.error(f"{problem} (serve with --max-model-len {len(request.input_ids) + MAX_NEW_TOKENS} "
+    if (problem := context_overflow(request, api_server.max_model_len)) is not None:
+        raise api_server.error(f"{problem} (serve with --max-model-len {len(request.input_ids) + MAX_NEW_TOKENS} "
                              "or more)")
 
 
@@ -269,7 +269,7 @@ def _read_queue(requests: queue.Queue, loop: asyncio.AbstractEventLoop, arrivals
 def _first_error(group: BaseExceptionGroup) -> BaseException:
     """The first failure of a task group, preferring a server's error over what it caused."""
     leaves = list(_leaves(group))
-    return next((e for e in leaves if isinstance(e, EndpointError)), leaves[0])
+    return next((e for e in leaves if isinstance(e, ApiServerError)), leaves[0])
 
 
 def _leaves(error: BaseException):
@@ -285,11 +285,11 @@ def choose_model(server: str, served: Sequence[str], requested: str | None) -> s
     """The model to ask one server for: the one named, or the only one it serves."""
     if requested is not None:
         if requested not in served:
-            raise EndpointError(server, f"does not serve model {requested!r} (--api-model-name); it serves "
+            raise ApiServerError(server, f"does not serve model {requested!r} (--api-model-name); it serves "
                                         f"{', '.join(map(repr, served)) or 'no model'}")
         return requested
     if len(served) != 1:
-        raise EndpointError(server, f"serves {len(served)} models ({', '.join(map(repr, served))}): name one with "
+        raise ApiServerError(server, f"serves {len(served)} models ({', '.join(map(repr, served))}): name one with "
                                     f"--api-model-name")
     return served[0]
 
@@ -308,42 +308,42 @@ def startup_timeout_s() -> float:
     return seconds
 
 
-async def answered_within(endpoint: Endpoint, seconds: float, what: str, work: Awaitable[T]) -> T:
-    """work's result, or EndpointError when the server has not answered within `seconds`."""
+async def answered_within(api_server: ApiServer, seconds: float, what: str, work: Awaitable[T]) -> T:
+    """work's result, or ApiServerError when the server has not answered within `seconds`."""
     try:
         async with asyncio.timeout(seconds):
             return await work
     except TimeoutError:
-        raise endpoint.error(f"{what}: no answer within {seconds:g} s (the start-up limit, set by "
+        raise api_server.error(f"{what}: no answer within {seconds:g} s (the start-up limit, set by "
                              f"{STARTUP_TIMEOUT_ENV})") from None
 
 
-async def _resolve(endpoints: Sequence[Endpoint], requested: str | None, session: aiohttp.ClientSession,
+async def _resolve(api_servers: Sequence[ApiServer], requested: str | None, session: aiohttp.ClientSession,
                    timeout_s: float) -> str:
-    """The one model name every server serves; sets each endpoint's max_model_len."""
+    """The one model name every server serves; sets each server's max_model_len."""
     listings = await asyncio.gather(*(answered_within(e, timeout_s, "GET /models", e.served_models(session))
-                                      for e in endpoints))
+                                      for e in api_servers))
     key = os.environ.get(API_KEY_ENV)
     names = []
-    for endpoint, entries in zip(endpoints, listings, strict=True):
-        name = choose_model(endpoint.url, [entry["id"] for entry in entries], requested)
+    for api_server, entries in zip(api_servers, listings, strict=True):
+        name = choose_model(api_server.url, [entry["id"] for entry in entries], requested)
         if key and key in name:  # the name goes into logs and the journal
-            raise endpoint.error(f"serves a model whose name holds the API key (${API_KEY_ENV})")
+            raise api_server.error(f"serves a model whose name holds the API key (${API_KEY_ENV})")
         entry = next(entry for entry in entries if entry["id"] == name)
-        endpoint.max_model_len = entry.get("max_model_len")
+        api_server.max_model_len = entry.get("max_model_len")
         names.append(name)
     if len(set(names)) > 1:
-        served = ", ".join(f"{name!r} at {e.url}" for name, e in zip(names, endpoints, strict=True))
-        raise EndpointError(endpoints[0].url, f"the servers serve different models ({served}): name one with "
+        served = ", ".join(f"{name!r} at {e.url}" for name, e in zip(names, api_servers, strict=True))
+        raise ApiServerError(api_servers[0].url, f"the servers serve different models ({served}): name one with "
                                               f"--api-model-name")
     return names[0]
 
 
-async def _probe(endpoint: Endpoint, model: str, session: aiohttp.ClientSession) -> None:
+async def _probe(api_server: ApiServer, model: str, session: aiohttp.ClientSession) -> None:
     """A two-token completion through the same streaming path: the server takes token-id prompts,
     greedy settings, min_tokens, and returns token ids."""
     body = completion_body(model, [BOS_ID], max_tokens=MIN_NEW_TOKENS, min_tokens=MIN_NEW_TOKENS)
-    async with contextlib.aclosing(endpoint.stream_ids(session, body, "start-up check")) as stream:
+    async with contextlib.aclosing(api_server.stream_ids(session, body, "start-up check")) as stream:
         async for _ in stream:
             pass
 
@@ -361,19 +361,19 @@ class ServedModel:
     """The servers of a run and the model they serve, their max_model_len known (one GET /models
     each)."""
 
-    endpoints: list[Endpoint]
+    api_servers: list[ApiServer]
     model: str
 
 
 def find_served_model(servers: Sequence[str], model_name: str | None = None,
                       timeout_s: float | None = None) -> ServedModel:
     """The model the flags select on these servers (--api-model-name, or the only one served);
-    raises EndpointError naming the server that cannot serve it or does not answer within
+    raises ApiServerError naming the server that cannot serve it or does not answer within
     timeout_s (default: startup_timeout_s()), ValueError for a bad URL."""
     timeout_s = startup_timeout_s() if timeout_s is None else timeout_s
-    endpoints = [Endpoint(url) for url in servers]
-    model = _run_sync(lambda session: _resolve(endpoints, model_name, session, timeout_s), len(endpoints))
-    return ServedModel(endpoints, model)
+    api_servers = [ApiServer(url) for url in servers]
+    model = _run_sync(lambda session: _resolve(api_servers, model_name, session, timeout_s), len(api_servers))
+    return ServedModel(api_servers, model)
 
 
 def raise_open_files_limit(needed: int) -> None:
@@ -405,18 +405,18 @@ def build_openai_backend(servers: Sequence[str], model_name: str | None = None,
     """Check every server before the run (reachable, serves the model, streams token ids, each
     request answered within timeout_s, default startup_timeout_s()) and return the backend over
     all of them. served: what find_served_model already found for these flags (its model list is
-    not asked for again). Raises EndpointError or ValueError, one line each."""
+    not asked for again). Raises ApiServerError or ValueError, one line each."""
     check_api_flags("openai", servers, model_name)
     timeout_s = startup_timeout_s() if timeout_s is None else timeout_s
-    endpoints = served.endpoints if served is not None else [Endpoint(url) for url in servers]
-    raise_open_files_limit(concurrency * len(endpoints) + FILES_PER_PROCESS)
+    api_servers = served.api_servers if served is not None else [ApiServer(url) for url in servers]
+    raise_open_files_limit(concurrency * len(api_servers) + FILES_PER_PROCESS)
 
     async def check(session: aiohttp.ClientSession) -> str:
-        model = served.model if served is not None else await _resolve(endpoints, model_name, session, timeout_s)
+        model = served.model if served is not None else await _resolve(api_servers, model_name, session, timeout_s)
         await asyncio.gather(*(answered_within(e, timeout_s, "start-up check", _probe(e, model, session))
-                               for e in endpoints))
+                               for e in api_servers))
         return model
 
-    model = _run_sync(check, len(endpoints))
-    logger.info("Serving model %r from %s", model, ", ".join(e.url for e in endpoints))
-    return OpenAIBackend(endpoints, model, concurrency)
+    model = _run_sync(check, len(api_servers))
+    logger.info("Serving model %r from %s", model, ", ".join(e.url for e in api_servers))
+    return OpenAIBackend(api_servers, model, concurrency)

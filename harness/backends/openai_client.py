@@ -2,7 +2,7 @@
 
 Prompts go out as token ids and answers come back as the model's own token ids (vLLM's
 `return_token_ids`), so nothing is tokenized or detokenized on either side. Every failure becomes
-an EndpointError whose message is one line naming the server and what happened. Nothing a server
+an ApiServerError whose message is one line naming the server and what happened. Nothing a server
 sends is trusted: every shape and every token id is checked before use, redirects are refused,
 and the API key is blotted out of any server text before it reaches a message.
 
@@ -54,7 +54,7 @@ KEY_END_CHARS = 8  # the shortest start or end of the key that is blotted out wh
 STREAM_INTERVAL = 8
 
 
-class EndpointError(DescribedFailure):
+class ApiServerError(DescribedFailure):
     """A server failed; str() is one line naming it."""
 
     def __init__(self, server: str, what: str) -> None:
@@ -235,7 +235,7 @@ def http_session(max_connections: int) -> aiohttp.ClientSession:
     )
 
 
-class Endpoint:
+class ApiServer:
     """One server's API base. Its coroutines take the caller's session (a session belongs to one event loop)."""
 
     def __init__(self, url: str, vocab_size: int | None = None) -> None:
@@ -244,10 +244,10 @@ class Endpoint:
         self.max_model_len: int | None = None  # from the model list, where the server says (vLLM does)
 
     def __repr__(self) -> str:
-        return f"Endpoint({self.url})"
+        return f"ApiServer({self.url})"
 
-    def error(self, what: str) -> EndpointError:
-        return EndpointError(self.url, what)
+    def error(self, what: str) -> ApiServerError:
+        return ApiServerError(self.url, what)
 
     async def served_models(self, session: aiohttp.ClientSession) -> list[dict[str, Any]]:
         """GET /models: the entries of the models the server serves, each with a string id."""
@@ -266,7 +266,7 @@ class Endpoint:
                          label: str) -> AsyncIterator[list[int]]:
         """Stream one completion: yields each chunk's new token ids (never empty; ids of the
         vocabulary, body["max_tokens"] at most in all). Ends only on a whole answer; anything else
-        raises EndpointError. Closing the generator early closes the connection, which makes vLLM
+        raises ApiServerError. Closing the generator early closes the connection, which makes vLLM
         abort the request."""
         generated = 0
         finish_reason = None
@@ -328,7 +328,7 @@ class Endpoint:
                 await asyncio.sleep(RETRY_BACKOFF_S * 2**attempt)
         raise AssertionError("unreachable")
 
-    async def _refusal(self, response: aiohttp.ClientResponse, what: str) -> EndpointError:
+    async def _refusal(self, response: aiohttp.ClientResponse, what: str) -> ApiServerError:
         """The error for an answer other than 200 (a bounded part of its body is read)."""
         content, _ = await read_bounded(response.content, MAX_BODY_BYTES)
         return self.error(f"{what}: {http_error(response.status, content, response.headers.get('Location'))}")
@@ -356,7 +356,7 @@ async def read_bounded(content: aiohttp.StreamReader, limit: int) -> tuple[bytes
     return data[:limit], size <= limit
 
 
-def model_entries(content: bytes, error: Callable[[str], EndpointError]) -> list[dict[str, Any]]:
+def model_entries(content: bytes, error: Callable[[str], ApiServerError]) -> list[dict[str, Any]]:
     """The entries of an OpenAI model list ({"data": [{"id": ...}, ...]}); each id a string, each
     max_model_len (where given) a positive integer."""
     try:
