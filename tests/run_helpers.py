@@ -17,9 +17,11 @@ from harness.loadgen_logs import read_detail_log
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_main(*flags: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    """main.py in a subprocess, as a user runs it (its own process: loadgen faults can't kill pytest)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def run_main(*flags: str, cwd: Path, timeout: float = 900,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """main.py in a subprocess, as a user runs it (its own process: loadgen faults can't kill pytest);
+    env: variables to add to this process's environment."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *flags], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

