@@ -38,22 +38,23 @@ def completion_posts(server: VllmServer) -> int:
     return server.log_text().count('"POST /v1/completions HTTP/1.1"')
 
 
-def metric(server: VllmServer, name: str) -> float:
-    """A vLLM Prometheus metric of the server, summed over its label sets."""
+def metric(server: VllmServer, name: str, label: str = "") -> float:
+    """A vLLM Prometheus metric of the server, summed over its label sets (those with `label`,
+    such as 'finished_reason="length"', when given)."""
     with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as response:
         text = response.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") or line.startswith(name + " "))
+               if (line.startswith(name + "{") or line.startswith(name + " ")) and label in line)
 
 
-def settled_metric(server: VllmServer, name: str, timeout_s: float = 10.0) -> float:
+def settled_metric(server: VllmServer, name: str, label: str = "", timeout_s: float = 10.0) -> float:
     """The metric once it stopped moving (two reads 0.5 s apart agree): vLLM records an engine
     step's figures after it has streamed its tokens."""
     deadline = time.monotonic() + timeout_s
-    value = metric(server, name)
+    value = metric(server, name, label)
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        value, previous = metric(server, name), value
+        value, previous = metric(server, name, label), value
         if value == previous:
             break
     return value

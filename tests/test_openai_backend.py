@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -310,6 +311,33 @@ def test_more_than_max_tokens_fails_the_answer(api_key):
         with pytest.raises(ApiServerError, match=rf"sample 4: sent 1032 tokens so far, more than max_tokens "
                                                 rf"{MAX_NEW_TOKENS}$"):
             backend.generate([GenerationRequest(4, [1, 5])])
+
+
+@pytest.mark.parametrize("loop", ["generate", "serve"])
+def test_abort_hands_over_nothing_already_read(api_key, loop):
+    """abort() from the first-token handler: the server sent the whole answer and the stream's end
+    in one write, already read when the cancellation can reach the loop; none of it is handed over."""
+    (event,) = answer_events([5, 6, 7, EOS_ID], "stop", per_chunk=4)
+    in_one_write = f"data: {json.dumps(event)}\n\ndata: [DONE]\n\n".encode()
+    whole = after_the_check(lambda body: [in_one_write])
+    with FakeServer(streamed(whole)) as server:
+        backend = build_openai_backend([server.url], timeout_s=HANG_S)
+        first, done = [], []
+
+        def abort_at_the_first_token(request, token):
+            first.append(token)
+            backend.abort()
+
+        handed_over = lambda request, ids: done.append(ids)  # noqa: E731
+        if loop == "generate":
+            answers = backend.generate([GenerationRequest(4, [1, 5])], abort_at_the_first_token, handed_over)
+            assert answers == [[]]
+        else:
+            arrivals: queue.Queue = queue.Queue()
+            arrivals.put(GenerationRequest(4, [1, 5]))  # no None: only abort() ends this loop
+            backend.serve(arrivals, abort_at_the_first_token, handed_over)
+    assert first == [5]
+    assert done == []
 
 
 def test_a_model_named_after_the_key_is_refused(api_key):

@@ -42,6 +42,8 @@ QUICK = 120  # seconds: a failure must end well within this (the watchdog's defa
 # Server performance runs stop at 100 queries (the figures are not what these tests check).
 FAST_CONF = (ROOT / "user-demo.conf").read_text() + "".join(
     f"mixtral-8x7b.Server.{key}\n" for key in ("target_qps = 20", "min_query_count = 100"))
+# Requests the server ran to their max_tokens: one the harness stopped reading is dropped instead.
+RAN_TO_THE_END = ("vllm:request_success_total", 'finished_reason="length"')
 SLOW_SERVER_CONF = (ROOT / "user-demo.conf").read_text() + "mixtral-8x7b.Server.target_qps = 4\n"
 
 
@@ -177,13 +179,13 @@ def test_generation_stops_at_the_first_stop_occurrence_on_the_server_too(server,
     row = max(range(len(requests_)), key=lambda i: len(answers[i]))
     free = answers[row]
     stop = tuple(free[3:7])
-    before = settled_metric(server, "vllm:generation_tokens_total")
+    before = settled_metric(server, *RAN_TO_THE_END)
     (stopped,) = backend.generate([GenerationRequest(row, requests_[row].input_ids, stop, query_id=1)])
     assert stopped == cut_after_stop(free, stop)
-    generated = settled_metric(server, "vllm:generation_tokens_total") - before
-    assert generated < MAX_NEW_TOKENS / 2, generated
+    assert settled_metric(server, *RAN_TO_THE_END) == before  # the server dropped it, it did not finish it
     (unstopped,) = backend.generate([GenerationRequest(row, requests_[row].input_ids, query_id=2)])
     assert len(unstopped) == MAX_NEW_TOKENS and unstopped[:len(stopped)] == stopped  # the margin is real
+    assert settled_metric(server, *RAN_TO_THE_END) == before + 1  # and the server counts what it finishes
 
 
 def test_serve_streams_first_tokens_on_the_completing_thread(backend, requests_, answers):
@@ -217,20 +219,22 @@ def test_abort_returns_promptly_and_the_server_drops_the_requests(server, reques
     aborter = threading.Thread(target=abort_at_the_first_token)
     serving = threading.Thread(target=backend.serve,
                                args=(arrivals, on_first_token, lambda r, ids: done.append(r.qsl_index)))
-    before = settled_metric(server, "vllm:generation_tokens_total")
+    before = settled_metric(server, *RAN_TO_THE_END)
     aborter.start()
     serving.start()
     serving.join(QUICK)  # without abort() this serve loop would never return
     first_token.set()
     aborter.join()
     assert not serving.is_alive()
-    assert done == []  # each answer would take 1,024 tokens
+    assert done == []  # nothing is handed over after abort(), however much the stream had read
     deadline = time.monotonic() + QUICK  # only catches a server that never drops them
     while metric(server, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert metric(server, "vllm:num_requests_running") == 0
-    generated = settled_metric(server, "vllm:generation_tokens_total") - before
-    assert generated < len(requests_) * MAX_NEW_TOKENS / 2  # the server stopped them, it did not finish them
+    # Left alone, the server runs every request to its 1,024 tokens. A loaded machine may let it
+    # finish the first ones sent before the harness even reads a first token, but not all of them.
+    finished = settled_metric(server, *RAN_TO_THE_END) - before
+    assert finished < len(requests_)  # the server dropped the others when their streams closed
 
 
 def test_a_failing_handler_fails_the_call_with_its_own_error(server, requests_):

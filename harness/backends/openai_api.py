@@ -126,9 +126,11 @@ class OpenAIBackend:
 
         async def answer(session: aiohttp.ClientSession, router: Router, position: int) -> None:
             request = requests[position]
-            answers[position] = await self._answer(session, router, request, on_first_token)
+            if (ids := await self._answer(session, router, request, on_first_token)) is None:
+                return
+            answers[position] = ids
             if on_done is not None:
-                on_done(request, answers[position])
+                on_done(request, ids)
 
         async def run(session: aiohttp.ClientSession, router: Router) -> None:
             async with asyncio.TaskGroup() as group:
@@ -149,7 +151,8 @@ class OpenAIBackend:
         stays in the queue."""
 
         async def answer(session: aiohttp.ClientSession, router: Router, request: GenerationRequest) -> None:
-            on_done(request, await self._answer(session, router, request, on_first_token))
+            if (ids := await self._answer(session, router, request, on_first_token)) is not None:
+                on_done(request, ids)
 
         async def run(session: aiohttp.ClientSession, router: Router) -> None:
             arrivals: asyncio.Queue[GenerationRequest | None] = asyncio.Queue()
@@ -217,8 +220,10 @@ class OpenAIBackend:
                 self._cancel = None
 
     async def _answer(self, session: aiohttp.ClientSession, router: Router, request: GenerationRequest,
-                      on_first_token: FirstTokenHandler | None) -> list[int]:
-        """One answer, streamed from the least-busy server: raw ids, cut right after the stop ids."""
+                      on_first_token: FirstTokenHandler | None) -> list[int] | None:
+        """One answer, streamed from the least-busy server: raw ids, cut right after the stop ids.
+        None once abort() was called. Its cancellation reaches this task only when it next waits for
+        the server, and what the server sent meanwhile is already read: none of it is handed over."""
         index = await router.acquire()
         api_server = self.api_servers[index]
         try:
@@ -228,6 +233,8 @@ class OpenAIBackend:
             ids: list[int] = []
             async with contextlib.aclosing(api_server.stream_ids(session, body, label)) as stream:
                 async for new_ids in stream:
+                    if self._aborted:
+                        return None
                     if not ids and on_first_token is not None:
                         on_first_token(request, new_ids[0])
                     seen = len(ids)
@@ -237,7 +244,7 @@ class OpenAIBackend:
                         # The reference keeps the stop ids; leaving the stream closes it.
                         del ids[stop_end:]
                         break
-            return ids
+            return None if self._aborted else ids
         finally:
             router.release(index)
 
