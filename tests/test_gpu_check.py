@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import MixtralForCausalLM
 
-from tools.gpu_check import build_random_model, mixtral_config
+from tools.gpu_check import build_random_model, mixtral_config, render_table
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_FIGURES = ("batch_size", "prompt_tokens_mean", "padded_prompt_tokens", "generated_tokens", "ttft_s", "total_s",
@@ -47,14 +47,17 @@ def test_tiny_run_writes_every_figure_for_both_hf_batchings(tmp_path):
     assert "tokens_per_s" in stdout  # the table printed from the same figures
 
 
-def test_tiny_run_measures_vllm_in_process_and_behind_its_server(tmp_path):
+def test_tiny_run_measures_vllm_in_process_in_parallel_and_behind_its_server(tmp_path):
     pytest.importorskip("vllm")
-    result, stdout = run_tiny(tmp_path, "2", "vllm", "openai")  # up to 1,024 tokens each: one batch size
+    names = ["vllm", "vllm-tp2", "vllm-replicas2", "openai"]
+    result, stdout = run_tiny(tmp_path, "2", *names)  # up to 1,024 tokens each: one batch size
 
-    assert sorted(result["paths"]) == ["openai", "vllm"]
-    for name in ("vllm", "openai"):
+    assert list(result["paths"]) == names
+    for name in names:
         assert_runs(result["paths"][name], [2], 1024, memory=False)  # the engines run in other processes
         assert result["paths"][name]["max_new_tokens"] == 1024
+    assert [(result["paths"][name]["tensor_parallel_size"], result["paths"][name]["replicas"])
+            for name in names[:3]] == [(1, 1), (2, 1), (1, 2)]
     assert result["paths"]["openai"]["server"].startswith("http://127.0.0.1:")
     table_rows = [line.split() for line in stdout.splitlines()]
     assert sum(row[:1] == ["openai"] for row in table_rows) == 1  # one table row per batch size
@@ -76,3 +79,10 @@ def test_random_model_has_real_rotary_frequencies_and_finite_logits():
     with torch.no_grad():
         logits = model(torch.tensor([[1, 1, 28705, 733, 16289, 28793]])).logits
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.quick
+def test_a_path_without_enough_gpus_is_one_table_line():
+    result = {"device": "NVIDIA H200", "model": {"parameters": 46.7e9}, "new_tokens": 128,
+              "paths": {"vllm-tp2": {"skipped_path": "2 GPUs needed, 1 visible", "runs": [], "skipped": []}}}
+    assert render_table(result).splitlines()[2:] == ["vllm-tp2: skipped: 2 GPUs needed, 1 visible"]

