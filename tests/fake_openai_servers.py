@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from pathlib import Path
 from typing import Any
 
+from harness.backends.factory import cpu_engine_envs
 from harness.backends.protocol import EOS_ID, MIN_NEW_TOKENS
 from tools.vllm_server import VllmServer, free_port, running_vllm_server
 
@@ -27,9 +28,14 @@ SERVER_ARGS = ("--enforce-eager", "--api-key", API_KEY)
 
 
 @contextlib.contextmanager
-def demo_server(model_dir: Path, log_path: Path) -> Iterator[VllmServer]:
-    with running_vllm_server(model_dir, log_path, served_model_name=MODEL_NAME, extra_args=SERVER_ARGS,
-                             env=SERVER_ENV) as server:
+def demo_server(model_dir: Path, log_path: Path, tensor_parallel_size: int = 1) -> Iterator[VllmServer]:
+    """With tensor_parallel_size > 1, its workers are pinned as the harness pins its own engine's
+    (vLLM's choice needs a NUMA node per worker)."""
+    args, env = SERVER_ARGS, SERVER_ENV
+    if tensor_parallel_size > 1:
+        args += ("--tensor-parallel-size", str(tensor_parallel_size))
+        env = {**env, **(cpu_engine_envs(tensor_parallel_size, 1) or [{}])[0]}
+    with running_vllm_server(model_dir, log_path, served_model_name=MODEL_NAME, extra_args=args, env=env) as server:
         yield server
 
 

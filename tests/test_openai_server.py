@@ -1,5 +1,5 @@
 """The OpenAI backend against real `vllm serve` processes of the demo model (one for the module,
-a second for the two-server run and the mid-run kill): in-process generate/serve/abort, loadgen
+a second, tensor parallel 2, for the two-server run and the mid-run kill): in-process generate/serve/abort, loadgen
 runs of main.py, and its failures (an unreachable server, a wrong model name or key, a server
 without token ids, an HTTP error, a stream cut short, a server killed mid-run, then --resume)."""
 
@@ -62,8 +62,9 @@ def server(tmp_path_factory, demo_assets):
 
 @pytest.fixture(scope="module")
 def second_server(tmp_path_factory, demo_assets):
-    """For the two-server run, then killed by the mid-run failure test."""
-    with demo_server(demo_assets.model_dir, tmp_path_factory.mktemp("vllm2") / "server.log") as running:
+    """Tensor parallel 2, for the two-server run, then killed by the mid-run failure test."""
+    with demo_server(demo_assets.model_dir, tmp_path_factory.mktemp("vllm2") / "server.log",
+                     tensor_parallel_size=2) as running:
         yield running
 
 
@@ -126,6 +127,7 @@ def test_test06_passes_our_verifier(tmp_path, server, confs, scenario):
 
 
 def test_two_servers_both_receive_queries(tmp_path, server, second_server, hf_offline_answers):
+    assert "tensor_parallel_size=2" in second_server.log_text()
     before = [completion_posts(server), completion_posts(second_server)]
     result = run_openai("--scenario", "Offline", "--accuracy", "--output-log-dir", str(tmp_path),
                         servers=[server, second_server], cwd=tmp_path)

