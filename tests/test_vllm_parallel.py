@@ -5,14 +5,12 @@ Offline and a Server accuracy run; and what the CPU build cannot run is refused 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from harness.backends.vllm_engine import CPU_THREADS_BIND_ENV, cpu_thread_binds
 from tests.fake_openai_servers import API_KEY, MODEL_NAME, SERVER_ARGS, SERVER_ENV
 from tests.run_helpers import ROOT, accuracy_entries, answers_by_index, ids_of, run_main
-from tools.vllm_server import free_port, running_headless_node, running_vllm_server
+from tools.vllm_server import running_two_node_engine
 
 pytest.importorskip("vllm")
 
@@ -64,15 +62,8 @@ def test_tensor_parallel_across_two_nodes_behind_vllm_serve(tmp_path, demo_asset
     """What the CPU build runs of a multi-node engine (its Ray executor it cannot run): node 0's
     `vllm serve` and node 1's headless workers, separate process groups meeting at a local
     address, one tensor-parallel worker each; the OpenAI backend drives node 0."""
-    # Every node takes the same engine flags: a node in eager mode and one compiling never meet.
-    cluster = ("--enforce-eager", "--tensor-parallel-size", "2", "--nnodes", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(free_port()))
-    binds = cpu_thread_binds(sorted(os.sched_getaffinity(0)), 1, 2)
-    with (running_headless_node(demo_assets.model_dir, tmp_path / "node1.log", 1, extra_args=cluster,
-                                env={**SERVER_ENV, CPU_THREADS_BIND_ENV: binds[1]}) as node1,
-          running_vllm_server(demo_assets.model_dir, tmp_path / "node0.log", served_model_name=MODEL_NAME,
-                              extra_args=(*SERVER_ARGS, *cluster, "--node-rank", "0"),
-                              env={**SERVER_ENV, CPU_THREADS_BIND_ENV: binds[0]}) as node0):
+    with running_two_node_engine(demo_assets.model_dir, tmp_path, served_model_name=MODEL_NAME, extra_args=SERVER_ARGS,
+                                 env=SERVER_ENV) as (node0, node1):
         assert_runs_answer_as_one_engine(tmp_path, hf_offline_answers, "--backend", "openai", "--api-server",
                                          node0.url, env={"OPENAI_API_KEY": API_KEY})
         assert "world_size=2, local_world_size=1" in node0.log_text()

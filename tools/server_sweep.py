@@ -9,17 +9,15 @@ every flag after the sweep's own goes to it unchanged (backend, batching, model,
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from tools.benchmark_runs import run_benchmark_process
 from tools.results_output import emit_results
 
-ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("result_validity", "p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms", "wall_s", "num_errors",
            "failure")
 
@@ -51,14 +49,8 @@ def validate_args(args: argparse.Namespace) -> list[float]:
 
 def run_rate(rate: float, flags: list[str], folder: Path) -> dict[str, Any]:
     """One benchmark run at `rate`; its figures (the failure, when it produced none)."""
-    out = folder / f"qps_{rate:g}.json"
-    command = [sys.executable, "-m", "tools.benchmark", "--scenario", "Server", "--target-qps", f"{rate:g}",
-               "--output-log-dir", str(folder / f"logs_{rate:g}"), "--output-json", str(out), *flags]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if not out.is_file():
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"target_qps": rate, "result_validity": "missing", "failure": f"exit {done.returncode}: {last}"}
-    figures = json.loads(out.read_text())
+    figures = run_benchmark_process(["--scenario", "Server", "--target-qps", f"{rate:g}", "--output-log-dir",
+                                     str(folder / f"logs_{rate:g}"), *flags], folder / f"qps_{rate:g}.json")
     return {"target_qps": rate, **{key: figures.get(key) for key in FIGURES}}
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.backends.vllm_engine import DEFAULT_MAX_MODEL_LEN
+from harness.backends.vllm_engine import CPU_THREADS_BIND_ENV, DEFAULT_MAX_MODEL_LEN, cpu_thread_binds
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +178,25 @@ def running_headless_node(model_path: str | Path, log_path: Path, node_rank: int
         yield node
     finally:
         node.stop()
+
+
+@contextlib.contextmanager
+def running_two_node_engine(model_path: str | Path, folder: Path, *, dtype: str = "float32",
+                            served_model_name: str | None = None, extra_args: Sequence[str] = (),
+                            env: Mapping[str, str] | None = None) -> Iterator[tuple[VllmServer, VllmProcess]]:
+    """One engine, tensor parallel 2 across two nodes on this machine (vLLM's multiprocessing
+    executor, no Ray): node 0 serving, node 1 headless, one worker each, each on its own share of
+    the cores (the CPU build). extra_args go to both nodes: their engine flags must match, or they
+    wait for each other for ever."""
+    cluster = ("--tensor-parallel-size", "2", "--nnodes", "2", "--master-addr", "127.0.0.1", "--master-port",
+               str(free_port()), *extra_args)
+    binds = cpu_thread_binds(sorted(os.sched_getaffinity(0)), 1, 2)
+    with (running_headless_node(model_path, folder / "node1.log", 1, dtype=dtype, extra_args=cluster,
+                                env={**(env or {}), CPU_THREADS_BIND_ENV: binds[1]}) as node1,
+          running_vllm_server(model_path, folder / "node0.log", dtype=dtype, served_model_name=served_model_name,
+                              extra_args=(*cluster, "--node-rank", "0"),
+                              env={**(env or {}), CPU_THREADS_BIND_ENV: binds[0]}) as node0):
+        yield node0, node1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
