@@ -1,4 +1,5 @@
-"""tools/benchmark.py, tools/plot_latency.py and tools/harness_bench.py: each run for real, quickly."""
+"""tools/benchmark.py, tools/plot_latency.py, tools/harness_bench.py and tools/server_sweep.py: each run for
+real, quickly; tools/vllm_parallel_bench.py's flags."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.run_helpers import ROOT
-from tools import benchmark, plot_latency
+from tools import benchmark, plot_latency, vllm_parallel_bench
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COMMON_KEYS = (
@@ -130,6 +131,16 @@ def test_plot_latency_refuses_a_log_without_percentiles(tmp_path):
 def test_benchmark_flag_errors_name_the_flag(flags, message):
     with pytest.raises(SystemExit, match=message):
         benchmark.validate_args(benchmark.build_parser().parse_args(flags))
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize(("paths", "message"), [
+    ("vllm,vllm-tp3", "--paths 'vllm,vllm-tp3': expected some of vllm, vllm-tp2,"),
+    (",", "--paths ',': expected some of"),
+])
+def test_vllm_parallel_bench_refuses_an_unknown_path(paths, message):
+    with pytest.raises(SystemExit, match=message):
+        vllm_parallel_bench.validate_args(vllm_parallel_bench.build_parser().parse_args(["--paths", paths]))
 
 
 def test_harness_bench_reports_every_figure(tmp_path):
