@@ -18,7 +18,8 @@ from typing import Any
 
 from harness.backends.factory import cpu_engine_envs
 from harness.backends.protocol import EOS_ID, MIN_NEW_TOKENS
-from tools.vllm_server import VllmServer, free_port, running_vllm_server
+from tools.process_group import free_port
+from tools.vllm_server import VllmServer, running_vllm_server
 
 API_KEY = "test-key-never-printed-7f3a"  # the servers require it: every test sends it
 MODEL_NAME = "demo"

@@ -32,7 +32,7 @@ from tests.run_helpers import ROOT, accuracy_entries, answers_by_index, detail, 
 from tests.serve_checks import LEFT_OVER, serve_in_two_waves
 from tests.test_benchmark_tools import run_benchmark
 from tests.test_harness_failures import assert_one_line_error
-from tools.vllm_server import free_port
+from tools.process_group import free_port
 
 pytest.importorskip("vllm")
 pytest.importorskip("aiohttp")

