@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -346,3 +347,19 @@ def test_benchmark_reports_the_openai_backend(tmp_path, server):
     assert results["completed_samples"] == 12 and results["num_errors"] == 0 and results["failure"] is None
     assert results["samples_per_s"] > 0 and results["output_tokens_per_s"] > 0 and results["engine_s"] > 0
     assert results["requests_per_server"] == {f"{server.url}/v1": 12}
+
+
+def test_the_vllm_server_command_becomes_the_server(demo_assets):
+    """`python -m tools.vllm_server` replaces itself with vLLM's server, so a signal to the process
+    a user started reaches vLLM (a wrapper process, killed, left its server running)."""
+    command = [sys.executable, "-m", "tools.vllm_server", "--model-path", str(demo_assets.model_dir), "--port",
+               str(free_port())]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while b"vllm_serve.py" not in Path(f"/proc/{process.pid}/cmdline").read_bytes():
+            assert process.poll() is None and time.monotonic() < deadline, "the command never became vLLM's server"
+            time.sleep(0.1)
+    finally:
+        process.terminate()
+        process.wait(timeout=120)

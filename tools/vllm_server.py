@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import subprocess
 import sys
 import time
 import urllib.error
@@ -144,7 +143,7 @@ def running_two_node_engine(model_path: str | Path, folder: Path, *, dtype: str 
         yield node0, node1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", type=Path, required=True, help="checkpoint folder (or a config-only folder "
                         "with -- --load-format dummy)")
@@ -157,11 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = server_command(args.model_path, args.port, args.dtype, args.served_model_name, args.host,
                              args.vllm_args)
     print(" ".join(command), flush=True)
-    try:
-        return subprocess.run(command, env=_server_env(None)).returncode
-    except KeyboardInterrupt:
-        return 0
+    # Become the server: a signal sent to this process (Ctrl-C, kill) reaches vLLM itself.
+    os.execve(command[0], command, _server_env(None))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
