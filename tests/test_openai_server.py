@@ -127,14 +127,18 @@ def test_test06_passes_our_verifier(tmp_path, server, confs, scenario):
     assert "TEST06 verification complete" in (tmp_path / "verify" / "TEST06" / "verify_accuracy.txt").read_text()
 
 
-def test_two_servers_both_receive_queries(tmp_path, server, second_server, hf_offline_answers):
+@pytest.mark.parametrize("scenario", ["Offline", "Server"])
+def test_two_servers_both_receive_queries(tmp_path, server, second_server, confs, hf_offline_answers, scenario):
+    """One plain server and one tensor parallel 2: each gets a share, every answer is one engine's."""
     assert "tensor_parallel_size=2" in second_server.log_text()
     before = [completion_posts(server), completion_posts(second_server)]
-    result = run_openai("--scenario", "Offline", "--accuracy", "--output-log-dir", str(tmp_path),
-                        servers=[server, second_server], cwd=tmp_path)
+    result = run_openai("--scenario", scenario, "--accuracy", "--user-conf", confs["fast"], "--output-log-dir",
+                        str(tmp_path), servers=[server, second_server], cwd=tmp_path)
     assert_ok(result)
     sent = [completion_posts(server) - before[0], completion_posts(second_server) - before[1]]
-    assert all(count >= 10 for count in sent), sent  # 36 samples + one start-up check each, least-busy first
+    # 36 samples + one start-up check each. Offline hands all at once, least-busy first; Server's
+    # arrivals go to whichever server is free then, and a slower one may get only a few.
+    assert all(count >= (10 if scenario == "Offline" else 2) for count in sent), sent
     assert sum(sent) == len(hf_offline_answers) + 2
     assert answers_by_index(tmp_path) == hf_offline_answers
 
