@@ -130,6 +130,30 @@ def test_vllm_ray_executor_on_a_two_node_ray_cluster_stops_at_the_cpu_platform(t
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: vLLM's engine did not start: "), result.stderr[-2000:]
+    assert_cluster_stopped(address)
+
+
+def test_the_ray_cluster_command_stops_its_nodes_on_sigterm(tmp_path):
+    pytest.importorskip("ray")
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "tools.ray_cluster", "--nodes", "2", "--log-dir",
+                                    str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        line = process.stdout.readline()  # the address, once every node is active (or EOF if it failed)
+        assert line.startswith("RAY_ADDRESS=127.0.0.1:"), errors.read_text()[-3000:]
+        address = line.split()[0].removeprefix("RAY_ADDRESS=")
+        assert active_nodes(address) == 2
+        process.terminate()
+        assert process.wait(timeout=120) == 0, errors.read_text()[-3000:]
+        assert_cluster_stopped(address)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def assert_cluster_stopped(address: str) -> None:
+    """Nothing listens at the head's port any more."""
     host, port = address.rsplit(":", 1)
-    with pytest.raises(ConnectionRefusedError):  # the cluster is stopped: nothing listens at its head's port
+    with pytest.raises(ConnectionRefusedError):
         socket.create_connection((host, int(port)), timeout=10)

@@ -4,7 +4,7 @@ process group of its own on 127.0.0.1, waited for until every node is active, an
 For the tests (vLLM's Ray executor connects to it through RAY_ADDRESS) and for trying a cluster
 by hand:
 
-    python -m tools.ray_cluster --nodes 2     # prints RAY_ADDRESS; Ctrl-C stops the cluster
+    python -m tools.ray_cluster --nodes 2     # prints RAY_ADDRESS; Ctrl-C or SIGTERM stops the cluster
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from harness.interrupts import Interrupted, raising_interrupts
 from tools.process_group import ProcessGroup, free_port
 
 START_TIMEOUT_S = 300.0
@@ -91,11 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cpus-per-node", type=int, default=1)
     parser.add_argument("--log-dir", type=Path, default=Path("ray-logs"))
     args = parser.parse_args(argv)
-    with running_ray_cluster(args.log_dir, args.nodes, args.cpus_per_node) as address:
-        print(f"RAY_ADDRESS={address}  ({args.nodes} nodes; Ctrl-C stops them)", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                time.sleep(3600)
+    # SIGTERM as Ctrl-C: either stops the cluster (by default SIGTERM would end this process
+    # and leave the nodes running).
+    with contextlib.suppress(Interrupted), raising_interrupts(), \
+            running_ray_cluster(args.log_dir, args.nodes, args.cpus_per_node) as address:
+        print(f"RAY_ADDRESS={address}  ({args.nodes} nodes; Ctrl-C or SIGTERM stops them)", flush=True)
+        while True:
+            time.sleep(3600)
     return 0
 
 
