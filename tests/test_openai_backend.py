@@ -9,6 +9,8 @@ import asyncio
 import json
 import queue
 import subprocess
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -39,12 +41,13 @@ from harness.backends.openai_client import (
     shown,
     vocabulary_size,
 )
-from harness.backends.protocol import EOS_ID, MAX_NEW_TOKENS, GenerationRequest
+from harness.backends.protocol import EOS_ID, MAX_NEW_TOKENS, MIN_NEW_TOKENS, GenerationRequest
 from tests.fake_openai_servers import (
     API_KEY,
     FakeServer,
     after_the_check,
     answer_events,
+    good_answer,
     model_list,
     never_answers,
     raw,
@@ -338,6 +341,39 @@ def test_abort_hands_over_nothing_already_read(api_key, loop):
             backend.serve(arrivals, abort_at_the_first_token, handed_over)
     assert first == [5]
     assert done == []
+
+
+def test_the_stream_is_closed_right_after_the_stop_ids(api_key):
+    """So that the server can drop the request. The server sends the answer up to and past the
+    stop ids, then waits for the connection to close before it would send the rest: no reader,
+    however fast or slow, gets the rest, and only a close ends the wait before the hang timeout."""
+    closed = threading.Event()
+
+    async def until_closed(server, request, body):
+        from aiohttp import web
+
+        if body["max_tokens"] == MIN_NEW_TOKENS:
+            return await streamed(good_answer)(server, request, body)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in answer_events([5, 6, 7, 8, 9], None, per_chunk=1):
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        deadline = time.monotonic() + HANG_S
+        while request.transport is not None and not request.transport.is_closing():
+            if time.monotonic() > deadline:  # never closed: the rest, as a server would send it
+                for event in answer_events([10, EOS_ID], "stop"):
+                    await response.write(f"data: {json.dumps(event)}\n\n".encode())
+                await response.write(b"data: [DONE]\n\n")
+                return response
+            await asyncio.sleep(0.01)
+        closed.set()
+        raise ConnectionResetError
+
+    with FakeServer(until_closed) as server:
+        backend = build_openai_backend([server.url], timeout_s=HANG_S)
+        (answer,) = backend.generate([GenerationRequest(4, [1, 5], (7, 8))])
+        assert answer == [5, 6, 7, 8]
+        assert closed.wait(HANG_S), "the harness kept the stream open after the stop ids"
 
 
 def test_a_model_named_after_the_key_is_refused(api_key):

@@ -178,21 +178,19 @@ def endless_answers(monkeypatch):
     monkeypatch.setattr(openai_api, "completion_body", endless)
 
 
-def test_generation_stops_at_the_first_stop_occurrence_on_the_server_too(server, backend, requests_, answers,
+def test_generation_stops_at_the_first_stop_occurrence_on_the_server_too(backend, requests_, answers,
                                                                          endless_answers):
     """A 4-gram the longest answer is known to produce, used as its stop ids: the answer is cut
-    right after it, and the closed stream makes the server abort the request (which, ignoring
-    EOS, would otherwise run to 1,024 tokens)."""
+    right after it, out of a request that, ignoring EOS, runs to 1,024 tokens. (That the stream is
+    closed there, so the server can drop the request, test_openai_backend.py checks against a
+    server that waits for the close: a real one may finish first when this client lags.)"""
     row = max(range(len(requests_)), key=lambda i: len(answers[i]))
     free = answers[row]
     stop = tuple(free[3:7])
-    before = settled_metric(server, *RAN_TO_THE_END)
     (stopped,) = backend.generate([GenerationRequest(row, requests_[row].input_ids, stop, query_id=1)])
     assert stopped == cut_after_stop(free, stop)
-    assert settled_metric(server, *RAN_TO_THE_END) == before  # the server dropped it, it did not finish it
     (unstopped,) = backend.generate([GenerationRequest(row, requests_[row].input_ids, query_id=2)])
-    assert len(unstopped) == MAX_NEW_TOKENS and unstopped[:len(stopped)] == stopped  # the margin is real
-    assert settled_metric(server, *RAN_TO_THE_END) == before + 1  # and the server counts what it finishes
+    assert len(unstopped) == MAX_NEW_TOKENS and unstopped[:len(stopped)] == stopped
 
 
 def test_serve_streams_first_tokens_on_the_completing_thread(backend, requests_, answers):

@@ -11,13 +11,16 @@ first unfinished step; an interrupted accuracy run continues from its journal (-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness.interrupts import signal_name
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_FILE = "steps.json"
@@ -108,19 +111,38 @@ def write_state(output_dir: Path, scenario: str, main_flags: list[str], done: di
     temporary.replace(path)  # a kill mid-write leaves the previous record, never half of one
 
 
-def run_step(command: list[str]) -> int:
-    """The step's exit status; a SIGTERM to this process is passed on, and the step's own exit kept
-    (Ctrl-C reaches the step directly: it is in the terminal's process group)."""
-    child = subprocess.Popen(command, cwd=ROOT)
-    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: child.send_signal(signum))
-    try:
-        while True:
-            try:
-                return child.wait()
-            except KeyboardInterrupt:
-                continue  # the step got the same SIGINT; its exit status says how it ended
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+class StepRunner:
+    """Runs the steps one at a time, holding SIGTERM and SIGINT for the whole run: a signal at any
+    moment, during a step, while one starts or between two, ends the running step (SIGTERM is
+    passed on; Ctrl-C reaches the step directly, it is in the terminal's process group) and no
+    further step starts. With a handler installed only around each step, a SIGTERM between two
+    killed this process outright and could leave a step just started running on its own."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen | None = None
+        self.signum: int | None = None
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+        if signum == signal.SIGTERM and self.child is not None:
+            self.child.send_signal(signum)
+
+    @contextlib.contextmanager
+    def holding_signals(self) -> Iterator[None]:
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def run(self, command: list[str]) -> int:
+        """The step's exit status, the shell's way (128 + N when a signal ended it)."""
+        self.child = subprocess.Popen(command, cwd=ROOT)
+        if self.signum == signal.SIGTERM:  # it came while the step was being started
+            self.child.send_signal(signal.SIGTERM)
+        status = self.child.wait()
+        return status if status >= 0 else 128 - status
 
 
 def run_all(scenario: str, output_dir: Path, main_flags: list[str]) -> int:
@@ -132,20 +154,25 @@ def run_all(scenario: str, output_dir: Path, main_flags: list[str]) -> int:
     journal = output_dir / "accuracy" / "run_outputs"
     steps = plan(scenario, output_dir, main_flags, resume_accuracy=journal.is_dir() and any(journal.iterdir()))
     write_state(output_dir, scenario, main_flags, done)
-    for number, step in enumerate(steps, start=1):
-        prefix = f"[{number}/{len(steps)}] {scenario} {step.name}"
-        if step.name in done:
-            print(f"{prefix}: done before, kept ({step.log_dir})", flush=True)
-            continue
-        print(f"{prefix}: running -> {step.log_dir}", flush=True)
-        status = run_step(step.command)
-        if status != 0:
-            status = status if status > 0 else 128 - status  # killed by a signal: the shell's 128 + N
-            print(f"error: {prefix} failed (exit {status}); run the same command again to continue from this step",
-                  file=sys.stderr, flush=True)
-            return status
-        done[step.name] = step.command
-        write_state(output_dir, scenario, main_flags, done)
+    runner = StepRunner()
+    with runner.holding_signals():
+        for number, step in enumerate(steps, start=1):
+            prefix = f"[{number}/{len(steps)}] {scenario} {step.name}"
+            if step.name in done:
+                print(f"{prefix}: done before, kept ({step.log_dir})", flush=True)
+                continue
+            if runner.signum is not None:
+                print(f"error: {signal_name(runner.signum)} before {prefix}; run the same command again to continue "
+                      "from this step", file=sys.stderr, flush=True)
+                return 128 + runner.signum
+            print(f"{prefix}: running -> {step.log_dir}", flush=True)
+            status = runner.run(step.command)
+            if status != 0:
+                print(f"error: {prefix} failed (exit {status}); run the same command again to continue from this "
+                      "step", file=sys.stderr, flush=True)
+                return status
+            done[step.name] = step.command
+            write_state(output_dir, scenario, main_flags, done)
     print(f"{scenario}: every run a submission needs is in {output_dir} "
           f"(next: python -m tools.submission build --runs {output_dir} ...)", flush=True)
     return 0
