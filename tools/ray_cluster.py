@@ -41,7 +41,8 @@ def node_command(address: str, head: bool, temp_dir: str, cpus: int) -> list[str
     if head:
         port = address.rsplit(":", 1)[1]
         return command + ["--head", "--port", port, "--ray-client-server-port", str(free_port()),
-                          "--include-dashboard", "false", "--disable-usage-stats"]
+                          "--dashboard-port", str(free_port()), "--include-dashboard", "false",
+                          "--disable-usage-stats"]
     return command + ["--address", address]
 
 
