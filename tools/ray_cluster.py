@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from harness.interrupts import Interrupted, raising_interrupts
 from tools.process_group import ProcessGroup, free_port
 
 START_TIMEOUT_S = 300.0
+STOP_TIMEOUT_S = 120.0
 POLL_S = 1.0
 ACTIVE_NODE = re.compile(r"^ 1 node_[0-9a-f]+$", re.MULTILINE)  # a line under "Active:" in `ray status`
 
@@ -71,7 +73,22 @@ def running_ray_cluster(folder: Path, nodes: int = 2, cpus_per_node: int = 1,
     finally:
         for node in reversed(started):
             node.kill()
+        # Killing a group waits for its leader only: its other members (the head's GCS server)
+        # take a moment more to exit. The cluster is gone when its head's port refuses.
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while head_listens(address) and time.monotonic() < deadline:
+            time.sleep(0.1)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def head_listens(address: str) -> bool:
+    """Whether anything accepts connections at the head's address (host:port)."""
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=POLL_S):
+            return True
+    except OSError:
+        return False
 
 
 def wait_for_nodes(address: str, count: int, started: Sequence[ProcessGroup], timeout_s: float) -> None:
