@@ -40,7 +40,8 @@ def signal_name(signum: int) -> str:
 
 
 @contextlib.contextmanager
-def _handlers(handler: Callable[[int, object], None]) -> Iterator[None]:
+def handling_signals(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """`handler` for SIGINT and SIGTERM in the block, the previous handlers restored after it."""
     previous = {signum: signal.signal(signum, handler) for signum in HANDLED_SIGNALS}
     try:
         yield
@@ -56,7 +57,7 @@ def raising_interrupts() -> Iterator[None]:
     def raise_interrupted(signum: int, _frame: object) -> None:
         raise Interrupted(signum)
 
-    with _handlers(raise_interrupted):
+    with handling_signals(raise_interrupted):
         yield
 
 
@@ -84,7 +85,7 @@ def run_interruptible(target: Callable[[], None], on_signal: Callable[[int], Non
             failure.append(exc)
 
     thread = threading.Thread(target=run, name="loadgen")
-    with _handlers(handle):
+    with handling_signals(handle):
         thread.start()
         while thread.is_alive():
             thread.join(JOIN_POLL_S)

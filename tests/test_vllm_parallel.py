@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from harness.backends.factory import VLLM_CPU_KVCACHE_ENV
+from harness.backends.factory import VLLM_CPU_KVCACHE_ENV, VLLM_CPU_KVCACHE_GIB
 from harness.backends.vllm_engine import CPU_THREADS_BIND_ENV, cpu_thread_binds
 from tests.fake_openai_servers import API_KEY, MODEL_NAME, SERVER_ARGS, SERVER_ENV
 from tests.run_helpers import ROOT, accuracy_entries, answers_by_index, ids_of, run_main
@@ -121,7 +121,7 @@ def test_vllm_ray_executor_on_a_two_node_ray_cluster_stops_at_the_cpu_platform(t
     with running_ray_cluster(tmp_path) as address:
         assert active_nodes(address) == 2
         result = subprocess.run([sys.executable, "-c", RAY_ENGINE, str(demo_assets.model_dir)], cwd=ROOT,
-                                env={**os.environ, "RAY_ADDRESS": address, VLLM_CPU_KVCACHE_ENV: "1"},
+                                env={**os.environ, "RAY_ADDRESS": address, VLLM_CPU_KVCACHE_ENV: VLLM_CPU_KVCACHE_GIB},
                                 capture_output=True, text=True, timeout=600)
     assert f"Using address {address} set in the environment variable RAY_ADDRESS" in result.stderr
     assert "Connected to Ray cluster." in result.stderr

@@ -16,11 +16,11 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.interrupts import signal_name
+from harness.interrupts import handling_signals, signal_name
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_FILE = "steps.json"
@@ -127,14 +127,8 @@ class StepRunner:
         if signum == signal.SIGTERM and self.child is not None:
             self.child.send_signal(signum)
 
-    @contextlib.contextmanager
-    def holding_signals(self) -> Iterator[None]:
-        previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+    def holding_signals(self) -> contextlib.AbstractContextManager[None]:
+        return handling_signals(self._on_signal)
 
     def run(self, command: list[str]) -> int:
         """The step's exit status, the shell's way (128 + N when a signal ended it)."""
