@@ -153,3 +153,12 @@ def test_the_ray_cluster_command_stops_its_nodes_on_sigterm(tmp_path):
 
 def assert_cluster_stopped(address: str) -> None:
     assert not head_listens(address), "nothing listens at the head's port any more"
+
+
+@pytest.mark.quick
+def test_the_ray_cluster_command_refuses_no_nodes_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "tools.ray_cluster", "--nodes", "0"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "error: --nodes and --cpus-per-node must be at least 1, got 0 and 1")

@@ -110,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cpus-per-node", type=int, default=1)
     parser.add_argument("--log-dir", type=Path, default=Path("ray-logs"))
     args = parser.parse_args(argv)
+    if args.nodes < 1 or args.cpus_per_node < 1:
+        parser.error(f"--nodes and --cpus-per-node must be at least 1, got {args.nodes} and {args.cpus_per_node}")
     # SIGTERM as Ctrl-C: either stops the cluster (by default SIGTERM would end this process
     # and leave the nodes running).
     with contextlib.suppress(Interrupted), raising_interrupts(), \
